@@ -1,0 +1,119 @@
+package balancer
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/resolver"
+)
+
+// Condition is a reason to keep an endpoint out of picks. Several may hold at once;
+// an endpoint is eligible when none does.
+type Condition uint32
+
+const (
+	// NotConnected: the front door has no ready connection to the endpoint
+	// (the gRPC policy sets it while the endpoint's SubConn is not READY).
+	NotConnected Condition = 1 << iota
+	// Unhealthy: an active health check says the endpoint is down.
+	Unhealthy
+	// Ejected: the outlier detector took the endpoint out for a while.
+	Ejected
+	// removed: discovery dropped the endpoint; it drains.
+	removed
+)
+
+// Endpoint is the engine's live view of one backend: its discovery record, the
+// requests in flight on it and what they came to. Every figure is an atomic,
+// read without locks on the pick path.
+type Endpoint struct {
+	addr     string
+	info     atomic.Pointer[resolver.Endpoint]
+	weight   atomic.Uint32
+	inflight atomic.Int64
+	conds    atomic.Uint32
+	since    atomic.Int64 // unix nanoseconds when the endpoint last became eligible
+	outcomes [outcome.NotSent + 1]atomic.Uint64
+}
+
+func newEndpoint(info resolver.Endpoint, now time.Time) *Endpoint {
+	ep := &Endpoint{addr: info.Address}
+	ep.setInfo(info)
+	ep.since.Store(now.UnixNano())
+	return ep
+}
+
+func (ep *Endpoint) setInfo(info resolver.Endpoint) {
+	ep.info.Store(&info)
+	ep.weight.Store(info.EffectiveWeight())
+}
+
+// Address returns the endpoint's "host:port".
+func (ep *Endpoint) Address() string { return ep.addr }
+
+// Info returns the endpoint's discovery record. The caller must not modify it.
+func (ep *Endpoint) Info() *resolver.Endpoint { return ep.info.Load() }
+
+// Weight returns the endpoint's static weight (at least 1).
+func (ep *Endpoint) Weight() uint32 { return ep.weight.Load() }
+
+// InFlight returns the number of requests picked for the endpoint and not yet done.
+func (ep *Endpoint) InFlight() int64 { return ep.inflight.Load() }
+
+// Conditions returns the conditions that hold on the endpoint.
+func (ep *Endpoint) Conditions() Condition { return Condition(ep.conds.Load()) &^ removed }
+
+// Removed reports whether discovery dropped the endpoint (it is draining).
+func (ep *Endpoint) Removed() bool { return Condition(ep.conds.Load())&removed != 0 }
+
+// EligibleSince returns when the endpoint last became eligible for picks: when it
+// was discovered, or when its last condition cleared. Slow start ramps from here.
+func (ep *Endpoint) EligibleSince() time.Time { return time.Unix(0, ep.since.Load()) }
+
+// Outcomes returns how many reported requests ended in class c.
+func (ep *Endpoint) Outcomes(c outcome.Class) uint64 {
+	if int(c) >= len(ep.outcomes) {
+		return 0
+	}
+	return ep.outcomes[c].Load()
+}
+
+// Acquire counts one more request in flight on the endpoint. The engine calls it
+// for every pick; a picker that counts for itself (see SelfCounting) calls it, or
+// TryAcquire, instead.
+func (ep *Endpoint) Acquire() { ep.inflight.Add(1) }
+
+// TryAcquire counts one more request in flight if that keeps the count at or
+// below limit, and reports whether it did.
+func (ep *Endpoint) TryAcquire(limit int64) bool {
+	for {
+		n := ep.inflight.Load()
+		if n >= limit {
+			return false
+		}
+		if ep.inflight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// setCondition sets or clears c and reports whether the endpoint's eligibility
+// changed. Callers hold the engine's lock.
+func (ep *Endpoint) setCondition(c Condition, on bool, now time.Time) (changed bool) {
+	old := Condition(ep.conds.Load())
+	nc := old &^ c
+	if on {
+		nc = old | c
+	}
+	if nc == old {
+		return false
+	}
+	ep.conds.Store(uint32(nc))
+	if old != 0 && nc == 0 {
+		ep.since.Store(now.UnixNano())
+	}
+	return (old == 0) != (nc == 0)
+}
+
+func (ep *Endpoint) eligible() bool { return ep.conds.Load() == 0 }

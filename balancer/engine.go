@@ -1,0 +1,413 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/resolver"
+)
+
+// Options are an engine's run-time collaborators: what is not configuration.
+// The zero value is ready to use.
+type Options struct {
+	// Service names the service in errors and logs.
+	Service string
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Rand returns uniformly random 64-bit values, concurrently. Default
+	// math/rand/v2.Uint64 (lock-free). Tests inject a seeded source.
+	Rand func() uint64
+	// Logger receives membership changes and discovery errors. Default slog.Default().
+	Logger *slog.Logger
+	// OnDrained is called, once, when an endpoint that discovery removed has no
+	// request in flight any more; the HTTP front door closes its idle
+	// connections then. It runs on the goroutine that finished the last request
+	// or applied the update, without the engine's lock held.
+	OnDrained func(ep *Endpoint)
+}
+
+// Engine is the load balancer for one service: it holds the endpoint set, keeps
+// an immutable snapshot of the eligible endpoints and their picker, and takes
+// back each request's outcome. Both front doors are built on it.
+//
+// Pick and Done are safe for concurrent use, take no lock and allocate nothing
+// (for the built-in algorithms). Membership and condition changes take a mutex
+// and build a new snapshot off the pick path (copy on write).
+type Engine struct {
+	cfg  Config
+	alg  Algorithm
+	opts Options
+
+	snap atomic.Pointer[snapshot]
+
+	mu        sync.Mutex
+	endpoints map[string]*Endpoint // discovered, by address
+	draining  map[string]*Endpoint // removed, with requests still in flight
+	feedErr   error
+	closed    bool
+
+	cancel context.CancelFunc // stops the feed started by Start
+	wg     sync.WaitGroup
+}
+
+// snapshot is one immutable view of the eligible endpoints.
+type snapshot struct {
+	picker       Picker
+	selfCounting bool
+	endpoints    []*Endpoint   // eligible, by address
+	all          []*Endpoint   // discovered, by address
+	err          error         // returned when picker is nil
+	changed      chan struct{} // closed when this snapshot is replaced
+}
+
+// NewEngine returns an engine with no endpoints. Feed it with Update (it is a
+// resolver.Sink) or Start. It rejects an invalid cfg with an error naming the field.
+func NewEngine(cfg Config, opts Options) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Uint64
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	e := &Engine{
+		cfg:       cfg,
+		alg:       cfg.algorithm(),
+		opts:      opts,
+		endpoints: map[string]*Endpoint{},
+		draining:  map[string]*Endpoint{},
+	}
+	e.mu.Lock()
+	e.rebuildLocked()
+	e.mu.Unlock()
+	return e, nil
+}
+
+// Config returns the engine's configuration.
+func (e *Engine) Config() Config { return e.cfg }
+
+// Start runs feed into the engine until Close, restarting it with backoff if it
+// stops. It may be called once.
+func (e *Engine) Start(feed resolver.Feed) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e.mu.Lock()
+	if e.closed || e.cancel != nil {
+		e.mu.Unlock()
+		cancel()
+		return
+	}
+	e.cancel = cancel
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		resolver.Run(ctx, feed, e, resolver.RunOptions{})
+	}()
+}
+
+// Close stops the feed, waits for it, and fails every later and waiting pick
+// with ErrClosed. Requests in flight finish normally.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	cancel := e.cancel
+	e.publishLocked(&snapshot{err: ErrClosed, changed: make(chan struct{})})
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	e.wg.Wait()
+	return nil
+}
+
+// Pick chooses an endpoint for a request and counts it in flight; the caller must
+// call Done with its outcome. With no eligible endpoint it returns a
+// *NoEndpointsError at once, or waits up to Config.WaitForEndpoints; a context
+// that ends first gives the context's error.
+func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
+	s := e.snap.Load()
+	if s.picker != nil {
+		ep, err := s.picker.Pick(info)
+		if err == nil {
+			if !s.selfCounting {
+				ep.inflight.Add(1)
+			}
+			return ep, nil
+		}
+		if !errors.Is(err, ErrNoEndpoints) || e.cfg.WaitForEndpoints == 0 {
+			return nil, err
+		}
+	} else if e.cfg.WaitForEndpoints == 0 || s.err == ErrClosed {
+		return nil, s.err
+	}
+	return e.pickSlow(info, s)
+}
+
+// pickSlow waits for a snapshot with endpoints.
+func (e *Engine) pickSlow(info PickInfo, s *snapshot) (*Endpoint, error) {
+	ctx := info.Ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	t := time.NewTimer(e.cfg.WaitForEndpoints)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			return nil, s.err
+		case <-s.changed:
+		}
+		s = e.snap.Load()
+		if s.picker == nil {
+			if s.err == ErrClosed {
+				return nil, s.err
+			}
+			continue
+		}
+		ep, err := s.picker.Pick(info)
+		if err == nil {
+			if !s.selfCounting {
+				ep.inflight.Add(1)
+			}
+			return ep, nil
+		}
+		if !errors.Is(err, ErrNoEndpoints) {
+			return nil, err
+		}
+	}
+}
+
+// Done reports the outcome of a request Pick gave ep for. Call it exactly once
+// per successful Pick.
+func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
+	if int(o.Class) < len(ep.outcomes) {
+		ep.outcomes[o.Class].Add(1)
+	}
+	if ep.inflight.Add(-1) == 0 && ep.Removed() {
+		e.finishDrain(ep)
+	}
+}
+
+// Endpoints returns every discovered endpoint (eligible or not), by address.
+func (e *Engine) Endpoints() []*Endpoint { return slices.Clone(e.snap.Load().all) }
+
+// Eligible returns the endpoints picks currently choose from, by address.
+func (e *Engine) Eligible() []*Endpoint { return slices.Clone(e.snap.Load().endpoints) }
+
+// Endpoint returns the discovered endpoint at addr, or nil.
+func (e *Engine) Endpoint(addr string) *Endpoint {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.endpoints[addr]
+}
+
+// Update replaces the endpoint set (it implements resolver.Sink). Invalid
+// entries are dropped and reported; an empty set is believed only with
+// Config.AllowEmpty. Endpoints that remain keep their live statistics; removed
+// ones drain.
+func (e *Engine) Update(eps []resolver.Endpoint) {
+	valid := make([]resolver.Endpoint, 0, len(eps))
+	seen := make(map[string]struct{}, len(eps))
+	var bad []string
+	for _, ep := range eps {
+		if err := ep.Validate(); err != nil {
+			bad = append(bad, err.Error())
+			continue
+		}
+		if _, dup := seen[ep.Address]; dup {
+			bad = append(bad, "duplicate address "+ep.Address)
+			continue
+		}
+		seen[ep.Address] = struct{}{}
+		valid = append(valid, ep)
+	}
+	if len(bad) > 0 {
+		e.ReportError(fmt.Errorf("discovery answer: dropped %d invalid endpoint(s): %s", len(bad), strings.Join(bad, "; ")))
+	}
+
+	var drained []*Endpoint
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	if len(valid) == 0 && len(e.endpoints) > 0 && !e.cfg.AllowEmpty {
+		n := len(e.endpoints)
+		e.mu.Unlock()
+		e.ReportError(fmt.Errorf("discovery returned an empty set; keeping the last %d endpoints (set allowEmpty to believe empty answers)", n))
+		return
+	}
+	if len(bad) == 0 {
+		e.feedErr = nil
+	}
+	now := e.opts.Now()
+	var added, removedN int
+	for _, info := range valid {
+		if ep, ok := e.endpoints[info.Address]; ok {
+			if !ep.Info().Equal(info) {
+				ep.setInfo(info)
+			}
+			continue
+		}
+		ep, ok := e.draining[info.Address]
+		if ok { // back before it drained: it keeps its statistics
+			delete(e.draining, info.Address)
+			ep.setInfo(info)
+			ep.setCondition(removed, false, now)
+		} else {
+			ep = newEndpoint(info, now)
+		}
+		e.endpoints[info.Address] = ep
+		added++
+	}
+	for addr, ep := range e.endpoints {
+		if _, ok := seen[addr]; ok {
+			continue
+		}
+		delete(e.endpoints, addr)
+		ep.setCondition(removed, true, now)
+		removedN++
+		if ep.inflight.Load() == 0 {
+			drained = append(drained, ep)
+		} else {
+			e.draining[addr] = ep
+		}
+	}
+	e.rebuildLocked()
+	e.mu.Unlock()
+
+	if added > 0 || removedN > 0 {
+		e.opts.Logger.Debug("lodestar: endpoints changed", "service", e.opts.Service,
+			"added", added, "removed", removedN, "total", len(valid))
+	}
+	for _, ep := range drained {
+		e.notifyDrained(ep)
+	}
+}
+
+// ReportError records a discovery error (it implements resolver.Sink). The
+// endpoint set in force stays; the error shows in no-endpoint errors and logs.
+func (e *Engine) ReportError(err error) {
+	e.opts.Logger.Warn("lodestar: discovery error", "service", e.opts.Service, "error", err)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	e.feedErr = err
+	if len(e.snap.Load().endpoints) == 0 {
+		e.rebuildLocked() // carry the error into the no-endpoints error
+	}
+}
+
+// SetCondition sets (on) or clears a condition on the endpoint at addr and
+// rebuilds the picker if the endpoint's eligibility changed. It reports whether
+// the endpoint is known.
+func (e *Engine) SetCondition(addr string, c Condition, on bool) bool {
+	c &^= removed
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ep, ok := e.endpoints[addr]
+	if !ok {
+		return false
+	}
+	if ep.setCondition(c, on, e.opts.Now()) && !e.closed {
+		e.rebuildLocked()
+	}
+	return true
+}
+
+// finishDrain hands a removed endpoint whose last request finished to OnDrained,
+// once, unless discovery brought it back meanwhile.
+func (e *Engine) finishDrain(ep *Endpoint) {
+	e.mu.Lock()
+	cur, ok := e.draining[ep.addr]
+	if !ok || cur != ep || ep.inflight.Load() != 0 || !ep.Removed() {
+		e.mu.Unlock()
+		return
+	}
+	delete(e.draining, ep.addr)
+	e.mu.Unlock()
+	e.notifyDrained(ep)
+}
+
+func (e *Engine) notifyDrained(ep *Endpoint) {
+	if e.opts.OnDrained != nil {
+		e.opts.OnDrained(ep)
+	}
+}
+
+// rebuildLocked builds and publishes a snapshot of the current set.
+func (e *Engine) rebuildLocked() {
+	all := make([]*Endpoint, 0, len(e.endpoints))
+	for _, ep := range e.endpoints {
+		all = append(all, ep)
+	}
+	slices.SortFunc(all, byAddress)
+	eligible := make([]*Endpoint, 0, len(all))
+	for _, ep := range all {
+		if ep.eligible() {
+			eligible = append(eligible, ep)
+		}
+	}
+	s := &snapshot{endpoints: eligible, all: all, changed: make(chan struct{})}
+	if len(eligible) > 0 {
+		s.picker = e.alg.Build(BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand})
+		_, s.selfCounting = s.picker.(SelfCounting)
+	} else {
+		s.err = &NoEndpointsError{Service: e.opts.Service, Reason: reason(all), FeedErr: e.feedErr}
+	}
+	e.publishLocked(s)
+}
+
+func (e *Engine) publishLocked(s *snapshot) {
+	if old := e.snap.Swap(s); old != nil {
+		close(old.changed)
+	}
+}
+
+// reason explains why none of all is eligible.
+func reason(all []*Endpoint) string {
+	if len(all) == 0 {
+		return "discovery has found no endpoints"
+	}
+	counts := map[string]int{}
+	for _, ep := range all {
+		c := ep.Conditions()
+		for _, n := range []struct {
+			c    Condition
+			name string
+		}{{NotConnected, "not connected"}, {Unhealthy, "unhealthy"}, {Ejected, "ejected"}} {
+			if c&n.c != 0 {
+				counts[n.name]++
+			}
+		}
+	}
+	parts := make([]string, 0, len(counts))
+	for _, n := range []string{"not connected", "unhealthy", "ejected"} {
+		if counts[n] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[n], n))
+		}
+	}
+	return fmt.Sprintf("all %d endpoints are unavailable (%s)", len(all), strings.Join(parts, ", "))
+}

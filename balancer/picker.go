@@ -1,0 +1,122 @@
+package balancer
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// PickInfo is what a front door knows about a request when it picks.
+type PickInfo struct {
+	// Ctx is the request's context.
+	Ctx context.Context
+	// Hash is the request's affinity key hashed with HashKey, for the hashing
+	// algorithms. It is meaningful only when HasHash is true.
+	Hash uint64
+	// HasHash says the request carries an affinity key.
+	HasHash bool
+}
+
+// A Picker chooses an endpoint for a request. A picker is built for one immutable
+// set of eligible endpoints and is called concurrently from many goroutines: Pick
+// must be safe for concurrent use, should take no lock and allocate nothing.
+//
+// Pick may return ErrNoEndpoints when it finds no endpoint it can use; any other
+// error fails the request as it is.
+type Picker interface {
+	Pick(info PickInfo) (*Endpoint, error)
+}
+
+// SelfCounting is implemented by a picker that counts in-flight requests itself
+// (with Endpoint.Acquire or TryAcquire), for example to enforce a load cap
+// atomically. The engine then does not call Acquire after Pick.
+type SelfCounting interface {
+	Picker
+	CountsInFlight()
+}
+
+// BuildInfo is what an algorithm gets to build a picker.
+type BuildInfo struct {
+	// Endpoints are the eligible endpoints, sorted by address; at least one.
+	// The picker may keep the slice; it must not modify it.
+	Endpoints []*Endpoint
+	// Now is the engine's clock.
+	Now func() time.Time
+	// Rand returns uniformly random 64-bit values and is safe for concurrent use.
+	Rand func() uint64
+}
+
+// An Algorithm is a configured picking algorithm: a JSON-tagged struct of
+// options that builds pickers. Built-in algorithms and users' own are registered
+// by name with Register and are then usable from both front doors and from gRPC
+// service configs.
+type Algorithm interface {
+	// Name returns the name the algorithm is registered under.
+	Name() string
+	// Validate reports an out-of-range option, naming the field and the range.
+	Validate() error
+	// Build returns a picker over info.Endpoints. It runs off the hot path,
+	// whenever the eligible set changes.
+	Build(info BuildInfo) Picker
+}
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]func() Algorithm{}
+)
+
+// Register makes an algorithm available by name. newAlgorithm returns the
+// algorithm with its default options; configuration JSON is decoded into it.
+// Registering a name again replaces it. Call Register from an init function.
+func Register(name string, newAlgorithm func() Algorithm) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	registry[name] = newAlgorithm
+}
+
+// Algorithms returns the registered algorithm names, sorted.
+func Algorithms() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, cmp.Compare)
+	return names
+}
+
+// NewAlgorithm returns the algorithm registered under name with its options
+// decoded from js (nil or empty means defaults) and validated. Unknown names,
+// unknown fields and out-of-range values are errors that name them.
+func NewAlgorithm(name string, js json.RawMessage) (Algorithm, error) {
+	registryMu.RLock()
+	f, ok := registry[name]
+	registryMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("algorithm: unknown name %q (registered: %v)", name, Algorithms())
+	}
+	a := f()
+	if len(js) > 0 && string(js) != "null" {
+		if err := decodeStrict(js, a); err != nil {
+			return nil, fmt.Errorf("algorithm %s: %w", name, err)
+		}
+	}
+	if err := a.Validate(); err != nil {
+		return nil, fmt.Errorf("algorithm %s: %w", name, err)
+	}
+	return a, nil
+}
+
+func byAddress(a, b *Endpoint) int { return cmp.Compare(a.addr, b.addr) }
+
+// HashKey hashes an affinity key (a header value, cookie, client IP, metadata
+// value or caller-supplied key) for PickInfo.Hash. Both front doors use it, so the
+// same key lands on the same endpoint over HTTP and gRPC.
+func HashKey(key string) uint64 { return xxhash.Sum64String(key) }

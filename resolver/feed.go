@@ -1,0 +1,120 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/lodestar-go/lodestar/internal/backoff"
+)
+
+// A Sink receives what a Feed finds. A Feed calls its Sink from one goroutine at a
+// time; a Sink must not block for long.
+type Sink interface {
+	// Update replaces the whole endpoint set. The Sink owns the slice afterwards.
+	Update(endpoints []Endpoint)
+	// ReportError says the feed failed to refresh. The last set given to Update
+	// stays in force; the feed keeps retrying on its own.
+	ReportError(err error)
+}
+
+// A Feed is a discovery source: a stream of full endpoint sets.
+//
+// Watch delivers the current set to s as soon as it knows it, then every changed
+// set, until ctx is done; then it returns ctx's error promptly. A feed that fails
+// reports the error to s, keeps the last good set in force (it sends nothing) and
+// retries with backoff on its own. Watch returns early only when the feed cannot
+// go on at all; Run restarts it then.
+//
+// A Feed may be watched by several Sinks at once, each through its own Watch call.
+type Feed interface {
+	Watch(ctx context.Context, s Sink) error
+}
+
+// Builder makes a Feed from a parsed target URL, such as "dns:///api.internal:8080".
+// It must validate the target and return an error naming what is wrong.
+type Builder func(target *url.URL) (Feed, error)
+
+var (
+	buildersMu sync.RWMutex
+	builders   = map[string]Builder{}
+)
+
+// Register makes a feed scheme available to Parse (and so to the HTTP transport's
+// targets and the gRPC resolver adapters). Registering a scheme again replaces it.
+// Call it from an init function.
+func Register(scheme string, b Builder) {
+	buildersMu.Lock()
+	defer buildersMu.Unlock()
+	builders[scheme] = b
+}
+
+// Schemes returns the registered feed schemes, sorted.
+func Schemes() []string {
+	buildersMu.RLock()
+	defer buildersMu.RUnlock()
+	s := make([]string, 0, len(builders))
+	for k := range builders {
+		s = append(s, k)
+	}
+	sort.Strings(s)
+	return s
+}
+
+// Parse builds the Feed a target names, for example "static:///10.0.0.1:80,10.0.0.2:80".
+// The scheme selects the registered Builder; a feed package must be imported for
+// its scheme to be known (the static feed is always registered).
+func Parse(target string) (Feed, error) {
+	u, err := url.Parse(target)
+	if err != nil {
+		return nil, fmt.Errorf("lodestar: target %q: %w", target, err)
+	}
+	if u.Scheme == "" {
+		return nil, fmt.Errorf("lodestar: target %q has no scheme (want scheme:///..., one of %v)", target, Schemes())
+	}
+	buildersMu.RLock()
+	b, ok := builders[u.Scheme]
+	buildersMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("lodestar: target %q: unknown scheme %q (registered: %v; import the feed's package)", target, u.Scheme, Schemes())
+	}
+	f, err := b(u)
+	if err != nil {
+		return nil, fmt.Errorf("lodestar: target %q: %w", target, err)
+	}
+	return f, nil
+}
+
+// RunOptions tune Run. The zero value is ready to use.
+type RunOptions struct {
+	// Backoff spaces out restarts of a Watch that returned early.
+	// Zero fields take backoff.Default's values.
+	Backoff backoff.Config
+}
+
+// Run watches f into s until ctx is done, restarting Watch with backoff and jitter
+// whenever it returns early (each early return is reported to s). It returns when
+// ctx is done.
+func Run(ctx context.Context, f Feed, s Sink, opts RunOptions) {
+	for attempt := 0; ; attempt++ {
+		err := f.Watch(ctx, s)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("feed stopped without an error")
+		}
+		s.ReportError(fmt.Errorf("lodestar: feed stopped, restarting: %w", err))
+		t := time.NewTimer(opts.Backoff.Delay(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}

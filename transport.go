@@ -1,0 +1,392 @@
+package lodestar
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/lodestar-go/lodestar/balancer"
+	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/resolver"
+)
+
+// Service is one logical service the Transport balances: where its endpoints come
+// from and how to pick among them.
+type Service struct {
+	// Feed discovers the service's endpoints. Set Feed or Target.
+	Feed resolver.Feed
+	// Target names a feed by URL when Feed is nil, for example
+	// "static:///10.0.0.1:8080,10.0.0.2:8080" (see resolver.Parse).
+	Target string
+	// Config is the balancing configuration (algorithm, ...). The zero value is
+	// round robin.
+	Config balancer.Config
+	// Host is the Host header the backends see. "" keeps the request's own Host,
+	// which is the service name unless the caller set req.Host.
+	Host string
+	// TLSServerName is the name https requests verify the backend's certificate
+	// against (and send as SNI). "" means Host if set, else the service name. It
+	// takes effect only when the Transport's Base is an *http.Transport whose
+	// TLSClientConfig does not set ServerName itself.
+	TLSServerName string
+	// Classifier sorts each exchange's outcome. nil means DefaultClassifier.
+	Classifier Classifier
+}
+
+// Options configure a Transport.
+type Options struct {
+	// Base sends the requests once an endpoint is picked. nil means a clone of
+	// http.DefaultTransport. When Base is an *http.Transport, each service gets a
+	// clone of it, so that a drained endpoint's idle connections can be closed on
+	// their own; any other RoundTripper is used as it is, and a drained endpoint
+	// then closes the idle connections of the whole Base (if it has
+	// CloseIdleConnections).
+	Base http.RoundTripper
+	// Services maps a logical service name (the host part of the request URL, as
+	// in http://users/v1/profile) to its Service. At least one.
+	Services map[string]Service
+	// PassThrough sends requests for hosts that are not services to Base
+	// unchanged. By default such a request fails with an *UnknownServiceError.
+	PassThrough bool
+	// Logger receives discovery errors and membership changes. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// UnknownServiceError is returned for a request whose host names no service
+// when Options.PassThrough is off.
+type UnknownServiceError struct {
+	Host  string
+	Known []string
+}
+
+func (e *UnknownServiceError) Error() string {
+	return fmt.Sprintf("lodestar: host %q is not a configured service (services: %s)", e.Host, strings.Join(e.Known, ", "))
+}
+
+// Transport is an http.RoundTripper that balances requests for logical services
+// over their endpoints. A request for http://users/path picks an endpoint of the
+// service "users" (say 10.0.0.7:8080), is sent there with the Host header still
+// "users" (see Service.Host), and its outcome is reported back to the balancer.
+//
+// A request counts as in flight from the pick until its response body is read to
+// the end or closed, as http.Client's contract requires the caller to do.
+//
+// Transport is safe for concurrent use. Close stops the feeds and closes idle
+// connections.
+type Transport struct {
+	base     http.RoundTripper
+	services map[string]*service
+	names    []string
+	pass     bool
+	closed   atomic.Bool
+}
+
+type service struct {
+	name     string
+	host     string // Host header to send, "" keeps the request's
+	engine   *balancer.Engine
+	rt       http.RoundTripper
+	classify Classifier
+	tracker  *connTracker // nil when rt is not our clone
+}
+
+// NewTransport starts a Transport for the services in opts. It validates every
+// service's configuration and target first and returns an error naming the
+// service and field that is wrong; nothing is started then.
+func NewTransport(opts Options) (*Transport, error) {
+	if len(opts.Services) == 0 {
+		return nil, errors.New("lodestar: Options.Services: no services configured")
+	}
+	base := opts.Base
+	if base == nil {
+		base = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	t := &Transport{base: base, services: make(map[string]*service, len(opts.Services)), pass: opts.PassThrough}
+
+	type pending struct {
+		svc  *service
+		feed resolver.Feed
+	}
+	var ps []pending
+	for name, sc := range opts.Services {
+		if name == "" || strings.ContainsAny(name, "/?#@ ") {
+			return nil, fmt.Errorf("lodestar: Options.Services: %q is not a valid host name for a service", name)
+		}
+		feed := sc.Feed
+		if feed == nil {
+			if sc.Target == "" {
+				return nil, fmt.Errorf("lodestar: service %q: set Feed or Target", name)
+			}
+			f, err := resolver.Parse(sc.Target)
+			if err != nil {
+				return nil, fmt.Errorf("lodestar: service %q: Target: %w", name, err)
+			}
+			feed = f
+		}
+		if err := sc.Config.Validate(); err != nil {
+			return nil, fmt.Errorf("lodestar: service %q: %w", name, err)
+		}
+		svc := &service{name: name, host: sc.Host, classify: sc.Classifier, rt: base}
+		if svc.classify == nil {
+			svc.classify = DefaultClassifier
+		}
+		if bt, ok := base.(*http.Transport); ok {
+			svc.rt, svc.tracker = cloneForService(bt, name, sc)
+		}
+		ps = append(ps, pending{svc, feed})
+		t.services[name] = svc
+		t.names = append(t.names, name)
+	}
+	sort.Strings(t.names)
+
+	for _, p := range ps {
+		svc := p.svc
+		eng, err := balancer.NewEngine(opts.Services[svc.name].Config, balancer.Options{
+			Service:   svc.name,
+			Logger:    logger,
+			OnDrained: svc.drained,
+		})
+		if err != nil { // validated above; kept for safety
+			t.Close()
+			return nil, fmt.Errorf("lodestar: service %q: %w", svc.name, err)
+		}
+		svc.engine = eng
+	}
+	for _, p := range ps {
+		p.svc.engine.Start(p.feed)
+	}
+	return t, nil
+}
+
+// cloneForService clones bt for one service: its dialer tracks connections by
+// endpoint and its TLS config verifies the service's name.
+func cloneForService(bt *http.Transport, name string, sc Service) (*http.Transport, *connTracker) {
+	rt := bt.Clone()
+	tr := &connTracker{}
+	dial := rt.DialContext
+	if dial == nil {
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+		dial = d.DialContext
+	}
+	rt.DialContext = tr.wrap(dial)
+	if rt.DialTLSContext != nil {
+		rt.DialTLSContext = tr.wrap(rt.DialTLSContext)
+	}
+	sn := sc.TLSServerName
+	if sn == "" {
+		sn = sc.Host
+	}
+	if sn == "" {
+		sn = name
+	}
+	if h, _, err := net.SplitHostPort(sn); err == nil {
+		sn = h
+	}
+	if rt.TLSClientConfig == nil {
+		rt.TLSClientConfig = &tls.Config{}
+	}
+	if rt.TLSClientConfig.ServerName == "" {
+		rt.TLSClientConfig.ServerName = sn
+	}
+	return rt, tr
+}
+
+// drained closes a drained endpoint's idle connections.
+func (s *service) drained(ep *balancer.Endpoint) {
+	if s.tracker != nil {
+		s.tracker.closeAddr(ep.Address())
+		return
+	}
+	if ci, ok := s.rt.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+// Engine returns the balancer of the named service, or nil, for inspection.
+func (t *Transport) Engine(service string) *balancer.Engine {
+	if s := t.services[service]; s != nil {
+		return s.engine
+	}
+	return nil
+}
+
+// lookup finds the service for a request URL's host, with or without a port.
+func (t *Transport) lookup(host string) *service {
+	if s := t.services[host]; s != nil {
+		return s
+	}
+	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.HasSuffix(host, "]") {
+		return t.services[host[:i]]
+	}
+	return nil
+}
+
+// RoundTrip picks an endpoint of the request's service, sends the request there
+// through the base transport and reports the outcome. The request is not
+// modified; the response's Request is the caller's request.
+//
+// Errors: an *UnknownServiceError for a host that is no service; a
+// *balancer.NoEndpointsError (errors.Is(err, balancer.ErrNoEndpoints)) when the
+// service has no eligible endpoint; the context's error when the request's
+// context ends before or during the exchange; otherwise the base transport's
+// error, wrapped with the endpoint's address.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	svc := t.lookup(req.URL.Host)
+	if svc == nil {
+		if t.pass {
+			return t.base.RoundTrip(req)
+		}
+		closeBody(req)
+		return nil, &UnknownServiceError{Host: req.URL.Host, Known: t.names}
+	}
+	ctx := req.Context()
+	if done := ctx.Done(); done != nil {
+		select {
+		case <-done:
+			closeBody(req)
+			return nil, ctx.Err()
+		default:
+		}
+	}
+	if t.closed.Load() {
+		closeBody(req)
+		return nil, balancer.ErrClosed
+	}
+	ep, err := svc.engine.Pick(balancer.PickInfo{Ctx: ctx})
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	return svc.send(ctx, req, ep)
+}
+
+// call is everything one attempt needs, in one allocation: the outgoing copy of
+// the request and its URL, and the response body wrapper that reports the
+// outcome when the body is done.
+type call struct {
+	req   http.Request
+	url   url.URL
+	svc   *service
+	ep    *balancer.Endpoint
+	body  io.ReadCloser
+	ctx   context.Context
+	class outcome.Class
+	code  int
+	lat   time.Duration
+	done  atomic.Bool
+}
+
+// send sends req to ep and reports the outcome.
+func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endpoint) (*http.Response, error) {
+	c := &call{svc: s, ep: ep, ctx: ctx}
+	c.req = *req
+	c.url = *req.URL
+	c.url.Host = ep.Address()
+	c.req.URL = &c.url
+	if s.host != "" {
+		c.req.Host = s.host
+	} else if c.req.Host == "" {
+		c.req.Host = req.URL.Host
+	}
+	start := time.Now()
+	resp, err := s.rt.RoundTrip(&c.req)
+	c.lat = time.Since(start)
+	if err != nil {
+		class := s.classify(ctx, nil, err)
+		s.engine.Done(ep, outcome.Outcome{Class: class, Latency: c.lat, Err: err})
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("lodestar: %s via %s: %w", s.name, ep.Address(), err)
+	}
+	c.class = s.classify(ctx, resp, nil)
+	c.code = resp.StatusCode
+	resp.Request = req
+	if resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+		c.finish(nil)
+		return resp, nil
+	}
+	c.body = resp.Body
+	resp.Body = (*trackedBody)(c)
+	return resp, nil
+}
+
+// finish reports the call's outcome once; readErr is a body read error.
+func (c *call) finish(readErr error) {
+	if !c.done.CompareAndSwap(false, true) {
+		return
+	}
+	o := outcome.Outcome{Class: c.class, Latency: c.lat, Code: c.code}
+	if readErr != nil && readErr != io.EOF {
+		o.Err = readErr
+		if !o.Class.Failure() {
+			o.Class = c.svc.classify(c.ctx, nil, readErr)
+		}
+	}
+	c.svc.engine.Done(c.ep, o)
+}
+
+// trackedBody is the response body handed to the caller: it reports the
+// outcome when the body hits EOF, fails or is closed.
+type trackedBody call
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if err != nil {
+		(*call)(b).finish(err)
+	}
+	return n, err
+}
+
+func (b *trackedBody) Close() error {
+	err := b.body.Close()
+	(*call)(b).finish(nil)
+	return err
+}
+
+// CloseIdleConnections closes the idle connections of every service and of Base.
+func (t *Transport) CloseIdleConnections() {
+	for _, s := range t.services {
+		if ci, ok := s.rt.(interface{ CloseIdleConnections() }); ok {
+			ci.CloseIdleConnections()
+		}
+	}
+	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+// Close stops every service's feed and closes idle connections. Requests in
+// flight finish; later requests fail with balancer.ErrClosed.
+func (t *Transport) Close() error {
+	if t.closed.Swap(true) {
+		return nil
+	}
+	for _, s := range t.services {
+		if s.engine != nil {
+			s.engine.Close()
+		}
+	}
+	t.CloseIdleConnections()
+	return nil
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
