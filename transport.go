@@ -60,6 +60,9 @@ type Options struct {
 	PassThrough bool
 	// Logger receives discovery errors and membership changes. Default slog.Default().
 	Logger *slog.Logger
+	// Rand is the random source of every service's balancer (see
+	// balancer.Options.Rand). nil means math/rand/v2; tests set a seeded one.
+	Rand func() uint64
 }
 
 // UnknownServiceError is returned for a request whose host names no service
@@ -98,6 +101,7 @@ type service struct {
 	rt       http.RoundTripper
 	classify Classifier
 	tracker  *connTracker // nil when rt is not our clone
+	affinity affinity     // how requests carry their affinity key
 }
 
 // NewTransport starts a Transport for the services in opts. It validates every
@@ -140,7 +144,7 @@ func NewTransport(opts Options) (*Transport, error) {
 		if err := sc.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("lodestar: service %q: %w", name, err)
 		}
-		svc := &service{name: name, host: sc.Host, classify: sc.Classifier, rt: base}
+		svc := &service{name: name, host: sc.Host, classify: sc.Classifier, rt: base, affinity: newAffinity(sc.Config)}
 		if svc.classify == nil {
 			svc.classify = DefaultClassifier
 		}
@@ -158,6 +162,7 @@ func NewTransport(opts Options) (*Transport, error) {
 		eng, err := balancer.NewEngine(opts.Services[svc.name].Config, balancer.Options{
 			Service:   svc.name,
 			Logger:    logger,
+			Rand:      opts.Rand,
 			OnDrained: svc.drained,
 		})
 		if err != nil { // validated above; kept for safety
@@ -266,7 +271,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, balancer.ErrClosed
 	}
-	ep, err := svc.engine.Pick(balancer.PickInfo{Ctx: ctx})
+	ep, err := svc.engine.Pick(svc.affinity.pickInfo(ctx, req))
 	if err != nil {
 		closeBody(req)
 		return nil, err

@@ -35,6 +35,7 @@ type Endpoint struct {
 	conds    atomic.Uint32
 	since    atomic.Int64 // unix nanoseconds when the endpoint last became eligible
 	outcomes [outcome.NotSent + 1]atomic.Uint64
+	attached atomic.Pointer[any]
 }
 
 func newEndpoint(info resolver.Endpoint, now time.Time) *Endpoint {
@@ -77,6 +78,18 @@ func (ep *Endpoint) Outcomes(c outcome.Class) uint64 {
 		return 0
 	}
 	return ep.outcomes[c].Load()
+}
+
+// Attach stores a front door's per-endpoint value (the gRPC policy keeps the
+// endpoint's connection there), replacing any earlier one.
+func (ep *Endpoint) Attach(v any) { ep.attached.Store(&v) }
+
+// Attached returns the value stored with Attach, or nil.
+func (ep *Endpoint) Attached() any {
+	if p := ep.attached.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Acquire counts one more request in flight on the endpoint. The engine calls it
