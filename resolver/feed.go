@@ -40,8 +40,9 @@ type Feed interface {
 type Builder func(target *url.URL) (Feed, error)
 
 var (
-	buildersMu sync.RWMutex
-	builders   = map[string]Builder{}
+	buildersMu    sync.RWMutex
+	builders      = map[string]Builder{}
+	registerHooks []func(scheme string)
 )
 
 // Register makes a feed scheme available to Parse (and so to the HTTP transport's
@@ -49,8 +50,25 @@ var (
 // Call it from an init function.
 func Register(scheme string, b Builder) {
 	buildersMu.Lock()
-	defer buildersMu.Unlock()
 	builders[scheme] = b
+	hooks := registerHooks
+	buildersMu.Unlock()
+	for _, h := range hooks {
+		h(scheme)
+	}
+}
+
+// OnRegister calls hook with every feed scheme registered so far and then with
+// each scheme Register registers later, whatever the package initialisation
+// order. The gRPC resolver adapters use it to register lodestar's schemes with
+// grpc. Call it from an init function; hook runs on the registering goroutine.
+func OnRegister(hook func(scheme string)) {
+	buildersMu.Lock()
+	registerHooks = append(registerHooks[:len(registerHooks):len(registerHooks)], hook)
+	buildersMu.Unlock()
+	for _, s := range Schemes() {
+		hook(s)
+	}
 }
 
 // Schemes returns the registered feed schemes, sorted.
