@@ -16,6 +16,7 @@ import (
 //
 //	{
 //	  "algorithm": "round_robin",            // or {"least_request": {"choiceCount": 3}}
+//	  "affinity": {"header": "X-User-ID"},    // for the hashing algorithms
 //	  "allowEmpty": false,
 //	  "waitForEndpoints": "2s"
 //	}
@@ -23,6 +24,10 @@ type Config struct {
 	// Algorithm picks endpoints. nil means round robin. In JSON it is the
 	// algorithm's name, or an object with one key, the name, holding its options.
 	Algorithm Algorithm
+	// Affinity says where requests' affinity keys come from, for the hashing
+	// algorithms (ring_hash, maglev, bounded_load). The zero value takes keys
+	// only from the context (WithAffinityKey).
+	Affinity Affinity
 	// AllowEmpty lets an empty endpoint set from discovery replace a non-empty
 	// one. By default an empty answer is taken for a discovery fault: it is
 	// reported and the last non-empty set stays in force.
@@ -36,6 +41,7 @@ type Config struct {
 // configJSON is Config's JSON form.
 type configJSON struct {
 	Algorithm        json.RawMessage `json:"algorithm,omitempty"`
+	Affinity         Affinity        `json:"affinity,omitzero"`
 	AllowEmpty       bool            `json:"allowEmpty,omitempty"`
 	WaitForEndpoints string          `json:"waitForEndpoints,omitempty"`
 }
@@ -63,6 +69,7 @@ func (c *Config) UnmarshalJSON(js []byte) error {
 		}
 		nc.Algorithm = a
 	}
+	nc.Affinity = raw.Affinity
 	nc.AllowEmpty = raw.AllowEmpty
 	if raw.WaitForEndpoints != "" {
 		d, err := time.ParseDuration(raw.WaitForEndpoints)
@@ -77,7 +84,7 @@ func (c *Config) UnmarshalJSON(js []byte) error {
 
 // MarshalJSON encodes c in the form UnmarshalJSON reads.
 func (c Config) MarshalJSON() ([]byte, error) {
-	raw := configJSON{AllowEmpty: c.AllowEmpty}
+	raw := configJSON{Affinity: c.Affinity, AllowEmpty: c.AllowEmpty}
 	if c.WaitForEndpoints != 0 {
 		raw.WaitForEndpoints = c.WaitForEndpoints.String()
 	}
@@ -100,6 +107,9 @@ func (c Config) Validate() error {
 		if err := c.Algorithm.Validate(); err != nil {
 			return fmt.Errorf("lodestar config: algorithm %s: %w", c.Algorithm.Name(), err)
 		}
+	}
+	if err := c.Affinity.Validate(); err != nil {
+		return fmt.Errorf("lodestar config: %w", err)
 	}
 	if c.WaitForEndpoints < 0 {
 		return fmt.Errorf("lodestar config: waitForEndpoints: %v is negative", c.WaitForEndpoints)

@@ -36,10 +36,12 @@ type Endpoint struct {
 	since    atomic.Int64 // unix nanoseconds when the endpoint last became eligible
 	outcomes [outcome.NotSent + 1]atomic.Uint64
 	attached atomic.Pointer[any]
+	epoch    int64         // unix nanoseconds when the endpoint was created
+	ewma     atomic.Uint64 // peak EWMA state, see peakewma.go
 }
 
 func newEndpoint(info resolver.Endpoint, now time.Time) *Endpoint {
-	ep := &Endpoint{addr: info.Address}
+	ep := &Endpoint{addr: info.Address, epoch: now.UnixNano()}
 	ep.setInfo(info)
 	ep.since.Store(now.UnixNano())
 	return ep

@@ -49,6 +49,12 @@ type Engine struct {
 
 	snap atomic.Pointer[snapshot]
 
+	observer   OutcomeObserver // the algorithm, if it observes outcomes
+	trackTotal bool            // the algorithm is TotalCounting: keep total
+	_          [64]byte        // keep total off the snapshot pointer's cache line
+	total      atomic.Int64    // requests in flight on the engine, if trackTotal
+	_          [56]byte
+
 	mu        sync.Mutex
 	endpoints map[string]*Endpoint // discovered, by address
 	draining  map[string]*Endpoint // removed, with requests still in flight
@@ -91,6 +97,8 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		endpoints: map[string]*Endpoint{},
 		draining:  map[string]*Endpoint{},
 	}
+	e.observer, _ = e.alg.(OutcomeObserver)
+	_, e.trackTotal = e.alg.(TotalCounting)
 	e.mu.Lock()
 	e.rebuildLocked()
 	e.mu.Unlock()
@@ -149,6 +157,9 @@ func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 		if err == nil {
 			if !s.selfCounting {
 				ep.inflight.Add(1)
+				if e.trackTotal {
+					e.total.Add(1)
+				}
 			}
 			return ep, nil
 		}
@@ -188,6 +199,9 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot) (*Endpoint, error) {
 		if err == nil {
 			if !s.selfCounting {
 				ep.inflight.Add(1)
+				if e.trackTotal {
+					e.total.Add(1)
+				}
 			}
 			return ep, nil
 		}
@@ -203,7 +217,14 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 	if int(o.Class) < len(ep.outcomes) {
 		ep.outcomes[o.Class].Add(1)
 	}
-	if ep.inflight.Add(-1) == 0 && ep.Removed() {
+	if e.observer != nil {
+		e.observer.Observe(ep, o, e.opts.Now())
+	}
+	n := ep.inflight.Add(-1)
+	if e.trackTotal {
+		e.total.Add(-1) // after the endpoint's: the total never trails the sum
+	}
+	if n == 0 && ep.Removed() {
 		e.finishDrain(ep)
 	}
 }
@@ -372,7 +393,11 @@ func (e *Engine) rebuildLocked() {
 	}
 	s := &snapshot{endpoints: eligible, all: all, changed: make(chan struct{})}
 	if len(eligible) > 0 {
-		s.picker = e.alg.Build(BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand})
+		bi := BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand}
+		if e.trackTotal {
+			bi.AddTotalInFlight = e.total.Add
+		}
+		s.picker = e.alg.Build(bi)
 		_, s.selfCounting = s.picker.(SelfCounting)
 	} else {
 		s.err = &NoEndpointsError{Service: e.opts.Service, Reason: reason(all), FeedErr: e.feedErr}

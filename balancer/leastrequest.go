@@ -1,6 +1,9 @@
 package balancer
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 func init() { Register("least_request", func() Algorithm { return &LeastRequest{} }) }
 
@@ -10,22 +13,37 @@ func init() { Register("least_request", func() Algorithm { return &LeastRequest{
 // steers away from busy endpoints at the cost of one extra random draw, and unlike
 // a full scan it never herds every client onto the same idle endpoint.
 //
+// When endpoint weights differ (or an endpoint ramps under SlowStart), the
+// sampled endpoint with the highest weight/(inflight+1)^ActiveRequestBias wins,
+// Envoy's formula; Envoy applies it through a locked EDF scheduler, lodestar
+// through the same lock-free sampling as the equal-weight case.
+//
 // JSON name "least_request".
 type LeastRequest struct {
 	// ChoiceCount is how many endpoints are sampled per pick (Envoy's
 	// choice_count). Default 2; valid 2-100.
 	ChoiceCount int `json:"choiceCount,omitempty"`
+	// ActiveRequestBias is how strongly in-flight requests count against a
+	// weighted endpoint (Envoy's active_request_bias): 0 ignores them (weighted
+	// random), 1 divides the weight by inflight+1. nil means the default, 1.0.
+	// Valid 0-100. Used only when weights differ or an endpoint ramps.
+	ActiveRequestBias *float64 `json:"activeRequestBias,omitempty"`
+	// SlowStart ramps new and returning endpoints up (see SlowStart). Default off.
+	SlowStart SlowStart `json:"slowStart,omitzero"`
 }
 
 // Name returns "least_request".
 func (*LeastRequest) Name() string { return "least_request" }
 
-// Validate checks ChoiceCount.
+// Validate checks ChoiceCount, ActiveRequestBias and SlowStart.
 func (a *LeastRequest) Validate() error {
 	if a.ChoiceCount != 0 && (a.ChoiceCount < 2 || a.ChoiceCount > 100) {
 		return fmt.Errorf("choiceCount: %d is out of range [2, 100]", a.ChoiceCount)
 	}
-	return nil
+	if b := a.ActiveRequestBias; b != nil && !(*b >= 0 && *b <= 100) {
+		return fmt.Errorf("activeRequestBias: %v is out of range [0, 100]", *b)
+	}
+	return a.SlowStart.Validate()
 }
 
 // Build returns a least-request picker over info.Endpoints.
@@ -34,20 +52,39 @@ func (a *LeastRequest) Build(info BuildInfo) Picker {
 	if k == 0 {
 		k = 2
 	}
-	return &lrPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), choices: k, rand: info.Rand}
+	p := &lrPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), choices: k, rand: info.Rand,
+		bias: 1, ss: newSlowStart(a.SlowStart, info)}
+	if a.ActiveRequestBias != nil {
+		p.bias = *a.ActiveRequestBias
+	}
+	for _, ep := range info.Endpoints {
+		p.weighted = p.weighted || ep.Weight() != info.Endpoints[0].Weight()
+	}
+	return p
 }
 
 type lrPicker struct {
-	eps     []*Endpoint
-	n       uint64
-	choices int
-	rand    func() uint64
+	eps      []*Endpoint
+	n        uint64
+	choices  int
+	rand     func() uint64
+	weighted bool    // weights differ
+	bias     float64 // active request bias
+	ss       *slowStart
 }
 
 func (p *lrPicker) Pick(PickInfo) (*Endpoint, error) {
 	if p.n == 1 {
 		return p.eps[0], nil
 	}
+	if p.weighted || p.ss != nil {
+		return p.pickWeighted(), nil
+	}
+	return p.pickPlain(), nil
+}
+
+// pickPlain keeps the sampled endpoint with the fewest requests in flight.
+func (p *lrPicker) pickPlain() *Endpoint {
 	r := p.rand()
 	// Two distinct indexes from one draw: i in [0,n), j in [0,n) \ {i}.
 	i := fastrange(uint32(r), p.n)
@@ -65,7 +102,51 @@ func (p *lrPicker) Pick(PickInfo) (*Endpoint, error) {
 			best = c
 		}
 	}
-	return best, nil
+	return best
+}
+
+// pickWeighted samples like Pick and keeps the endpoint with the highest
+// effective weight / (inflight+1)^bias.
+func (p *lrPicker) pickWeighted() *Endpoint {
+	now, ramping := int64(0), false
+	if p.ss != nil {
+		now, ramping = p.ss.active()
+	}
+	if !p.weighted && !ramping {
+		return p.pickPlain()
+	}
+	r := p.rand()
+	i := fastrange(uint32(r), p.n)
+	j := fastrange(uint32(r>>32), p.n-1)
+	if j >= i {
+		j++
+	}
+	best := p.eps[i]
+	bestScore := p.score(best, now, ramping)
+	for k := 1; k < p.choices; k++ {
+		c := p.eps[j]
+		if s := p.score(c, now, ramping); s > bestScore {
+			best, bestScore = c, s
+		}
+		j = fastrange(uint32(p.rand()), p.n)
+	}
+	return best
+}
+
+func (p *lrPicker) score(ep *Endpoint, now int64, ramping bool) float64 {
+	w := float64(ep.weight.Load())
+	if ramping {
+		w *= p.ss.factor(ep, now)
+	}
+	a := float64(ep.inflight.Load() + 1)
+	switch p.bias {
+	case 0:
+		return w
+	case 1:
+		return w / a
+	default:
+		return w / math.Pow(a, p.bias)
+	}
 }
 
 // fastrange maps a uniform 32-bit value onto [0, n) without a division

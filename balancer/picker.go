@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/lodestar-go/lodestar/balancer/outcome"
 )
 
 // PickInfo is what a front door knows about a request when it picks.
@@ -50,6 +52,33 @@ type BuildInfo struct {
 	Now func() time.Time
 	// Rand returns uniformly random 64-bit values and is safe for concurrent use.
 	Rand func() uint64
+	// AddTotalInFlight adds delta to the number of requests in flight on the
+	// whole engine (every endpoint, draining ones included) and returns the new
+	// number; AddTotalInFlight(0) reads it. It is set only for an algorithm that
+	// implements TotalCounting, nil otherwise. The engine subtracts one in Done.
+	AddTotalInFlight func(delta int64) int64
+}
+
+// TotalCounting is implemented by an algorithm whose pickers need the engine's
+// total in-flight count (BuildInfo.AddTotalInFlight), for example to derive a
+// per-endpoint load cap from the average. The engine keeps that count only for
+// such algorithms, so the others do not pay for a shared counter. A picker that
+// is also SelfCounting adds each request to the total itself, before it acquires
+// an endpoint for it (so the total never trails the endpoints' counts); for any
+// other picker the engine adds it after Pick.
+type TotalCounting interface {
+	Algorithm
+	// CountsTotalInFlight marks the algorithm; it is never called.
+	CountsTotalInFlight()
+}
+
+// OutcomeObserver is implemented by an algorithm that keeps per-endpoint state
+// from reported outcomes (peak EWMA does). The engine calls Observe from Done,
+// before the endpoint's in-flight count drops, with its clock's current time.
+// Observe must be safe for concurrent use and should not allocate.
+type OutcomeObserver interface {
+	Algorithm
+	Observe(ep *Endpoint, o outcome.Outcome, now time.Time)
 }
 
 // An Algorithm is a configured picking algorithm: a JSON-tagged struct of

@@ -5,21 +5,29 @@ import "sync/atomic"
 func init() { Register("round_robin", func() Algorithm { return &RoundRobin{} }) }
 
 // RoundRobin sends each request to the next eligible endpoint in turn, starting
-// from a random one. Use it when endpoints are alike and requests cost about the
-// same: it is the cheapest pick and spreads load exactly evenly.
+// from a random one, ignoring weights. Use it when endpoints are alike and
+// requests cost about the same: it is the cheapest pick and spreads load
+// exactly evenly.
 //
-// JSON name "round_robin"; it has no options.
-type RoundRobin struct{}
+// JSON name "round_robin"; options: {"slowStart": {...}}.
+type RoundRobin struct {
+	// SlowStart ramps new and returning endpoints up (see SlowStart). Default off.
+	SlowStart SlowStart `json:"slowStart,omitzero"`
+}
 
 // Name returns "round_robin".
 func (*RoundRobin) Name() string { return "round_robin" }
 
-// Validate always succeeds.
-func (*RoundRobin) Validate() error { return nil }
+// Validate checks SlowStart.
+func (a *RoundRobin) Validate() error { return a.SlowStart.Validate() }
 
 // Build returns a round robin picker over info.Endpoints.
-func (*RoundRobin) Build(info BuildInfo) Picker {
-	p := &rrPicker{eps: info.Endpoints, n: uint32(len(info.Endpoints))}
+func (a *RoundRobin) Build(info BuildInfo) Picker {
+	return newRRPicker(info, newSlowStart(a.SlowStart, info))
+}
+
+func newRRPicker(info BuildInfo, ss *slowStart) *rrPicker {
+	p := &rrPicker{eps: info.Endpoints, n: uint32(len(info.Endpoints)), ss: ss}
 	p.next.Store(uint32(info.Rand() % uint64(p.n)))
 	return p
 }
@@ -27,9 +35,29 @@ func (*RoundRobin) Build(info BuildInfo) Picker {
 type rrPicker struct {
 	eps  []*Endpoint
 	n    uint32
+	ss   *slowStart // nil unless an endpoint ramps
 	next atomic.Uint32
 }
 
 func (p *rrPicker) Pick(PickInfo) (*Endpoint, error) {
-	return p.eps[(p.next.Add(1)-1)%p.n], nil
+	ep := p.eps[(p.next.Add(1)-1)%p.n]
+	if p.ss != nil {
+		return p.ramp(ep), nil
+	}
+	return ep, nil
+}
+
+// ramp re-picks, in turn, while a ramping endpoint declines its turn.
+func (p *rrPicker) ramp(ep *Endpoint) *Endpoint {
+	now, ok := p.ss.active()
+	if !ok {
+		return ep
+	}
+	for range maxRejects {
+		if p.ss.accept(p.ss.factor(ep, now)) {
+			break
+		}
+		ep = p.eps[(p.next.Add(1)-1)%p.n]
+	}
+	return ep
 }

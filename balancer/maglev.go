@@ -1,0 +1,161 @@
+package balancer
+
+import (
+	"fmt"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+func init() { Register("maglev", func() Algorithm { return &Maglev{} }) }
+
+// Maglev sends requests with the same affinity key to the same endpoint through
+// Google's Maglev lookup table: a prime-sized table in which every endpoint
+// fills slots in its own pseudo-random order, so each owns an almost equal
+// share (within one slot) and removing one of N endpoints moves little more
+// than the 1/N of keys it held. Use it for cache or session affinity when you
+// want the cheapest consistent-hash pick (one table read) and even balance
+// without ring hash's memory; prefer ring_hash when placement must match
+// another ketama client, or bounded_load when a hot key must not overload one
+// endpoint.
+//
+// Entries are 16-bit endpoint indexes below 65,535 endpoints (128 KiB at the
+// default size), 32-bit above. The table is built off the pick path whenever
+// the endpoint set changes; weights scale an endpoint's share of slots. Keep
+// TableSize well above 100 × the number of endpoints for shares within 1%; an
+// endpoint set larger than TableSize gets a table of the first prime above 100
+// slots per endpoint.
+//
+// JSON name "maglev"; options in JSON: {"tableSize": 65537, "fallback": "random"}.
+type Maglev struct {
+	// TableSize is the number of slots, a prime. Default 65537; valid primes
+	// 3-16,777,213.
+	TableSize int `json:"tableSize,omitempty"`
+	// Fallback is what a request without an affinity key gets: "random" (the
+	// default) or "round_robin".
+	Fallback string `json:"fallback,omitempty"`
+}
+
+const maxMaglevSize = 16777213 // largest prime below 2^24
+
+// Name returns "maglev".
+func (*Maglev) Name() string { return "maglev" }
+
+// Validate checks TableSize and Fallback.
+func (a *Maglev) Validate() error {
+	if a.TableSize != 0 && (a.TableSize < 3 || a.TableSize > maxMaglevSize || !isPrime(uint64(a.TableSize))) {
+		return fmt.Errorf("tableSize: %d is not a prime in [3, %d]", a.TableSize, maxMaglevSize)
+	}
+	return validateFallback(a.Fallback)
+}
+
+// Build returns a Maglev picker over info.Endpoints.
+func (a *Maglev) Build(info BuildInfo) Picker {
+	m := uint64(a.TableSize)
+	if m == 0 {
+		m = 65537
+	}
+	n := len(info.Endpoints)
+	if uint64(n) > m {
+		m = nextPrime(100 * uint64(n))
+	}
+	if n < 1<<16-1 {
+		p := &maglevPicker[uint16]{table: maglevTable[uint16](info.Endpoints, m), m: m}
+		p.keyless.init(a.Fallback, info)
+		return p
+	}
+	p := &maglevPicker[uint32]{table: maglevTable[uint32](info.Endpoints, m), m: m}
+	p.keyless.init(a.Fallback, info)
+	return p
+}
+
+type maglevPicker[T owner] struct {
+	table []T
+	m     uint64
+	keyless
+}
+
+func (p *maglevPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
+	if !info.HasHash {
+		return p.eps[p.index()], nil
+	}
+	return p.eps[p.table[((info.Hash>>32)*p.m)>>32]], nil
+}
+
+// maglevTable fills a table of m slots (m prime, ≥ len(eps)) with endpoint
+// indexes: in each round every endpoint due a slot (endpoints of the highest
+// weight every round, one of a third of it every third round: Envoy's weighted
+// Maglev) takes the next free slot of its permutation offset + j·skip (mod m).
+func maglevTable[T owner](eps []*Endpoint, m uint64) []T {
+	type entry struct {
+		cur, skip uint64
+		weight    uint64
+		target    uint64
+	}
+	es := make([]entry, len(eps))
+	var maxW uint64
+	for i, ep := range eps {
+		h := xxhash.Sum64String(ep.addr)
+		offset := h % m
+		skip := mix64(h)%(m-1) + 1
+		es[i] = entry{cur: offset, skip: skip, weight: uint64(ep.Weight())}
+		maxW = max(maxW, es[i].weight)
+	}
+	empty := ^T(0)
+	table := make([]T, m)
+	for i := range table {
+		table[i] = empty
+	}
+	filled := uint64(0)
+	for round := uint64(1); filled < m; round++ {
+		for i := range es {
+			e := &es[i]
+			if round*e.weight < e.target {
+				continue
+			}
+			e.target += maxW
+			c := e.cur
+			for table[c] != empty {
+				if c += e.skip; c >= m {
+					c -= m
+				}
+			}
+			table[c] = T(i)
+			if c += e.skip; c >= m {
+				c -= m
+			}
+			e.cur = c
+			if filled++; filled == m {
+				break
+			}
+		}
+	}
+	return table
+}
+
+// mix64 is splitmix64's finaliser: a second, independent hash from the first.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func nextPrime(n uint64) uint64 {
+	for !isPrime(n) {
+		n++
+	}
+	return n
+}
