@@ -1,0 +1,211 @@
+package grpcresolver_test
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/experimental/balancer/weight"
+	gresolver "google.golang.org/grpc/resolver"
+
+	"github.com/lodestar-go/lodestar/resolver"
+	"github.com/lodestar-go/lodestar/resolver/grpcresolver"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeCC records what a resolver tells grpc.
+type fakeCC struct {
+	gresolver.ClientConn // unused methods
+	states               chan gresolver.State
+	errs                 chan error
+}
+
+func newFakeCC() *fakeCC {
+	return &fakeCC{states: make(chan gresolver.State, 16), errs: make(chan error, 16)}
+}
+
+func (c *fakeCC) UpdateState(s gresolver.State) error { c.states <- s; return nil }
+func (c *fakeCC) ReportError(err error)               { c.errs <- err }
+
+func recv[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatal("timed out waiting for the resolver")
+		panic("unreachable")
+	}
+}
+
+func target(t *testing.T, s string) gresolver.Target {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gresolver.Target{URL: *u}
+}
+
+func TestStaticSchemeRegisteredGlobally(t *testing.T) {
+	if s, ok := grpcresolver.SchemeFor("static"); !ok || s != "static" {
+		t.Fatalf("SchemeFor(static) = %q, %v", s, ok)
+	}
+	b := gresolver.Get("static")
+	if b == nil {
+		t.Fatal("no grpc resolver for static")
+	}
+	cc := newFakeCC()
+	r, err := b.Build(target(t, "static:///127.0.0.1:1,127.0.0.1:2"), cc, gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	st := recv(t, cc.states)
+	if len(st.Endpoints) != 2 || len(st.Addresses) != 2 ||
+		st.Endpoints[1].Addresses[0].Addr != "127.0.0.1:2" || st.Addresses[0].Addr != "127.0.0.1:1" {
+		t.Fatalf("state = %+v", st)
+	}
+	r.ResolveNow(gresolver.ResolveNowOptions{}) // a no-op; must not block
+
+	if _, err := b.Build(target(t, "static:///nonsense"), newFakeCC(), gresolver.BuildOptions{}); err == nil ||
+		!strings.Contains(err.Error(), "want host:port") {
+		t.Errorf("bad target: %v", err)
+	}
+}
+
+func TestGRPCOwnedSchemesAreNotOverridden(t *testing.T) {
+	// A lodestar feed package registering "dns" (whatever the init order) gets
+	// "lodestar-dns"; grpc's own dns resolver stays.
+	grpcDNS := gresolver.Get("dns")
+	resolver.Register("dns", func(u *url.URL) (resolver.Feed, error) {
+		return resolver.NewStaticAddrs(strings.TrimPrefix(u.Path, "/"))
+	})
+	if b := gresolver.Get("dns"); b != grpcDNS {
+		t.Fatalf("grpc's dns resolver was replaced by %T", b)
+	}
+	if s, ok := grpcresolver.SchemeFor("dns"); !ok || s != "lodestar-dns" {
+		t.Fatalf("SchemeFor(dns) = %q, %v; want lodestar-dns", s, ok)
+	}
+	b := gresolver.Get("lodestar-dns")
+	if b == nil {
+		t.Fatal("lodestar-dns not registered")
+	}
+	cc := newFakeCC()
+	r, err := b.Build(target(t, "lodestar-dns:///127.0.0.1:53"), cc, gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if st := recv(t, cc.states); len(st.Endpoints) != 1 || st.Endpoints[0].Addresses[0].Addr != "127.0.0.1:53" {
+		t.Fatalf("state = %+v", st)
+	}
+
+	// A scheme grpc does not own keeps its name, even registered after init.
+	resolver.Register("lodestartest", func(*url.URL) (resolver.Feed, error) { return resolver.NewStaticAddrs("127.0.0.1:9") })
+	if s, _ := grpcresolver.SchemeFor("lodestartest"); s != "lodestartest" || gresolver.Get("lodestartest") == nil {
+		t.Fatalf("SchemeFor(lodestartest) = %q", s)
+	}
+}
+
+// blockingFeed never answers: its Watch waits for its context, like a
+// discovery call that hangs.
+type blockingFeed struct{ started chan struct{} }
+
+func (f blockingFeed) Watch(ctx context.Context, _ resolver.Sink) error {
+	close(f.started)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestCloseDoesNotWaitForPendingDiscovery(t *testing.T) {
+	f := blockingFeed{started: make(chan struct{})}
+	r, err := grpcresolver.FeedBuilder("blocking", f).Build(target(t, "blocking:///x"), newFakeCC(), gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, f.started)
+	closed := make(chan struct{})
+	go func() { r.Close(); close(closed) }()
+	recv(t, closed)
+}
+
+// failingFeed reports an error, then a set, then waits.
+type failingFeed struct{}
+
+func (failingFeed) Watch(ctx context.Context, s resolver.Sink) error {
+	s.ReportError(errors.New("consul: connection refused"))
+	s.Update([]resolver.Endpoint{{Address: "127.0.0.1:7"}})
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestFeedErrorsGoToReportError(t *testing.T) {
+	cc := newFakeCC()
+	r, err := grpcresolver.FeedBuilder("failing", failingFeed{}).Build(target(t, "failing:///x"), cc, gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := recv(t, cc.errs); !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("ReportError(%v)", err)
+	}
+	recv(t, cc.states)
+}
+
+func TestNewBuilderPerChannel(t *testing.T) {
+	b := grpcresolver.NewBuilder("mystatic", "static")
+	if b.Scheme() != "mystatic" {
+		t.Fatal(b.Scheme())
+	}
+	cc := newFakeCC()
+	r, err := b.Build(target(t, "mystatic:///127.0.0.1:5"), cc, gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if st := recv(t, cc.states); len(st.Endpoints) != 1 {
+		t.Fatalf("state = %+v", st)
+	}
+	if _, err := grpcresolver.NewBuilder("x", "nosuch").Build(target(t, "x:///a:1"), cc, gresolver.BuildOptions{}); err == nil ||
+		!strings.Contains(err.Error(), `unknown scheme "nosuch"`) {
+		t.Errorf("unknown feed scheme: %v", err)
+	}
+}
+
+func TestAttributesRoundTrip(t *testing.T) {
+	le := resolver.Endpoint{
+		Address:  "10.0.0.1:80",
+		Weight:   7,
+		Locality: resolver.Locality{Region: "eu", Zone: "eu-1a"},
+		Priority: 2,
+		Metadata: map[string]string{"version": "v2"},
+	}
+	g := grpcresolver.ToGRPC(le)
+	if w := weight.FromEndpoint(g).Weight; w != 7 {
+		t.Errorf("grpc weight attribute = %d, want 7", w)
+	}
+	back, ok := grpcresolver.FromGRPC(g)
+	if !ok || !back.Equal(le) {
+		t.Errorf("round trip: %+v, want %+v", back, le)
+	}
+	if !g.Attributes.Equal(grpcresolver.ToGRPC(le).Attributes) {
+		t.Error("equal endpoints have unequal attributes")
+	}
+	plain, _ := grpcresolver.FromGRPC(gresolver.Endpoint{Addresses: []gresolver.Address{{Addr: "a:1"}}})
+	if !plain.Equal(resolver.Endpoint{Address: "a:1"}) {
+		t.Errorf("plain endpoint: %+v", plain)
+	}
+	if _, ok := grpcresolver.FromGRPC(gresolver.Endpoint{}); ok {
+		t.Error("endpoint without addresses converted")
+	}
+	info, ok := grpcresolver.InfoFrom(grpcresolver.SetInfo(gresolver.Endpoint{}, grpcresolver.Info{Priority: 1}))
+	if !ok || info.Priority != 1 {
+		t.Errorf("SetInfo/InfoFrom: %+v %v", info, ok)
+	}
+}
