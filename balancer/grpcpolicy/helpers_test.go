@@ -144,15 +144,14 @@ var (
 )
 
 // testPolicy is the lodestar policy registered under another name, with an
-// OnEngine hook that records engines, and "x-shard" as affinity metadata.
+// OnEngine hook that records engines.
 const testPolicy = "lodestar_test"
 
 func registerTestPolicy() {
 	testPolicyOnce.Do(func() {
 		grpcbalancer.Register(grpcpolicy.NewBuilder(grpcpolicy.Options{
-			Name:             testPolicy,
-			OnEngine:         testEngines.record,
-			AffinityMetadata: []string{"X-Shard"},
+			Name:     testPolicy,
+			OnEngine: testEngines.record,
 		}))
 	})
 }

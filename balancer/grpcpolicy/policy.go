@@ -49,9 +49,15 @@
 //
 // # Affinity
 //
-// The hashing algorithms get the RPC's affinity key from Options.AffinityMetadata
-// (the first value of the first of these outgoing metadata keys present) or,
-// taking precedence, from WithAffinityKey on the RPC's context.
+// The hashing algorithms (ring_hash, maglev, bounded_load) get the RPC's
+// affinity key as Config.Affinity says, in this order: a key the caller put in
+// the RPC's context with balancer.WithAffinityKey; the first value of the
+// outgoing metadata key Affinity.Metadata; with Affinity.ClientIP, the IP of the
+// peer of the incoming call whose context the RPC was made with (a proxy's
+// client). The key is hashed with balancer.HashKey, as on the HTTP side, so a
+// key lands on the same endpoint over HTTP and gRPC:
+//
+//	{"loadBalancingConfig":[{"lodestar":{"algorithm":"ring_hash","affinity":{"metadata":"x-user-id"}}}]}
 package grpcpolicy
 
 import (
@@ -60,7 +66,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +76,7 @@ import (
 	"google.golang.org/grpc/balancer/pickfirst"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
 
@@ -97,10 +104,6 @@ type Options struct {
 	Name string
 	// Classifier sorts RPC outcomes. nil means DefaultClassifier.
 	Classifier Classifier
-	// AffinityMetadata lists outgoing metadata keys whose first value is the
-	// RPC's affinity key for the hashing algorithms; the first key present
-	// wins. A key set with WithAffinityKey takes precedence.
-	AffinityMetadata []string
 	// Logger receives membership changes and discovery errors. nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -124,11 +127,6 @@ func NewBuilder(opts Options) grpcbalancer.Builder {
 	if opts.Classifier == nil {
 		opts.Classifier = DefaultClassifier
 	}
-	keys := make([]string, 0, len(opts.AffinityMetadata))
-	for _, k := range opts.AffinityMetadata {
-		keys = append(keys, strings.ToLower(k))
-	}
-	opts.AffinityMetadata = keys
 	return &builder{opts: opts}
 }
 
@@ -313,7 +311,8 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 	pk := &picker{
 		eng:      p.eng,
 		classify: p.opts.Classifier,
-		mdKeys:   p.opts.AffinityMetadata,
+		mdKey:    p.eng.Config().Affinity.Metadata,
+		clientIP: p.eng.Config().Affinity.ClientIP,
 		// With nothing READY yet but something on its way, RPCs wait for it,
 		// as with grpc's own policies; otherwise no endpoint means fail fast.
 		queue:   ready == 0 && (agg == connectivity.Connecting || agg == connectivity.Idle),
@@ -358,7 +357,8 @@ func (p *policy) Close() {
 type picker struct {
 	eng      *balancer.Engine
 	classify Classifier
-	mdKeys   []string
+	mdKey    string // Affinity.Metadata
+	clientIP bool   // Affinity.ClientIP
 	queue    bool
 	connErr  error
 }
@@ -366,9 +366,7 @@ type picker struct {
 // Pick chooses an endpoint with the engine and a connection with its child.
 func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, error) {
 	pi := balancer.PickInfo{Ctx: info.Ctx}
-	if key, ok := pk.affinityKey(info.Ctx); ok {
-		pi.Hash, pi.HasHash = balancer.HashKey(key), true
-	}
+	pi.Hash, pi.HasHash = pk.affinityHash(info.Ctx)
 	ep, err := pk.eng.Pick(pi)
 	if err != nil {
 		return grpcbalancer.PickResult{}, pk.pickError(err)
@@ -421,21 +419,41 @@ func (pk *picker) pickError(err error) error {
 	return err
 }
 
-// affinityKey returns the RPC's affinity key: WithAffinityKey's, or the first
-// value of the first configured metadata key present.
-func (pk *picker) affinityKey(ctx context.Context) (string, bool) {
+// affinityHash returns the hash of the RPC's affinity key, from the first
+// source that has one: the context (balancer.WithAffinityKey), the configured
+// metadata key, the incoming call's peer IP.
+func (pk *picker) affinityHash(ctx context.Context) (uint64, bool) {
 	if ctx == nil {
-		return "", false
+		return 0, false
 	}
-	if k, ok := AffinityKey(ctx); ok {
-		return k, true
+	if h, ok := balancer.AffinityHash(ctx); ok {
+		return h, true
 	}
-	for _, k := range pk.mdKeys {
-		if v := metadata.ValueFromOutgoingContext(ctx, k); len(v) > 0 {
-			return v[0], true
+	if pk.mdKey != "" {
+		if v := metadata.ValueFromOutgoingContext(ctx, pk.mdKey); len(v) > 0 && v[0] != "" {
+			return balancer.HashKey(v[0]), true
 		}
 	}
-	return "", false
+	if pk.clientIP {
+		if ip := peerIP(ctx); ip != "" {
+			return balancer.HashKey(ip), true
+		}
+	}
+	return 0, false
+}
+
+// peerIP returns the IP of the peer of the incoming call ctx belongs to, as
+// the HTTP side spells a client IP (no port, no brackets), or "".
+func peerIP(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(p.Addr.String())
+	if err != nil {
+		return ""
+	}
+	return host
 }
 
 // call is one RPC's outcome record. Records are pooled, and each has its Done
@@ -480,19 +498,4 @@ func (c *call) finish(di grpcbalancer.DoneInfo) {
 	}
 	c.eng, c.ep, c.ctx, c.method, c.classify, c.childDone = nil, nil, nil, "", nil, nil
 	callPool.Put(c)
-}
-
-type affinityKeyType struct{}
-
-// WithAffinityKey returns a context whose RPCs carry key as their affinity key
-// for the hashing algorithms (ring hash, Maglev, ...). The same key hashes to the
-// same endpoint over HTTP and gRPC.
-func WithAffinityKey(ctx context.Context, key string) context.Context {
-	return context.WithValue(ctx, affinityKeyType{}, key)
-}
-
-// AffinityKey returns the key WithAffinityKey put in ctx.
-func AffinityKey(ctx context.Context) (string, bool) {
-	k, ok := ctx.Value(affinityKeyType{}).(string)
-	return k, ok
 }

@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/lodestar-go/lodestar/balancer"
-	"github.com/lodestar-go/lodestar/balancer/grpcpolicy"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/resolver"
 	"github.com/lodestar-go/lodestar/resolver/grpcresolver"
@@ -57,7 +56,7 @@ func spread(t *testing.T, cc *grpc.ClientConn, n, workers int) {
 				if i > int64(n) {
 					return
 				}
-				ctx := grpcpolicy.WithAffinityKey(context.Background(), fmt.Sprint("key-", i))
+				ctx := balancer.WithAffinityKey(context.Background(), fmt.Sprint("key-", i))
 				if _, err := client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
 					errs <- err
 					return
@@ -82,7 +81,7 @@ func TestEveryAlgorithmDistributes(t *testing.T) {
 	for _, name := range balancer.Algorithms() {
 		t.Run(name, func(t *testing.T) {
 			ss := startServers(t, servers)
-			cc, _ := staticClient(t, "algo-"+name, ss, fmt.Sprintf(`{"algorithm":%q}`, name))
+			cc, _ := staticClient(t, "algo-"+name, ss, fmt.Sprintf(`{"algorithm":%q,"affinity":{"metadata":"x-shard"}}`, name))
 			waitEligible(t, "algo-"+name, servers)
 			resetCounts(ss)
 
@@ -429,5 +428,43 @@ func TestConfigChangeRebuildsEngine(t *testing.T) {
 		if _, err := client.EmptyCall(context.Background(), &testgrpc.Empty{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestWeightsTravelFromTheResolver(t *testing.T) {
+	for _, name := range balancer.Algorithms() {
+		if !strings.HasPrefix(name, "weighted_") {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			ss := startServers(t, 3)
+			registerTestPolicy()
+			feed, err := resolver.NewStatic(
+				resolver.Endpoint{Address: ss[0].addr, Weight: 1},
+				resolver.Endpoint{Address: ss[1].addr, Weight: 2},
+				resolver.Endpoint{Address: ss[2].addr, Weight: 3},
+			)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc := "weights-" + name
+			cc := dial(t, "ls:///"+svc, serviceConfig(testPolicy, fmt.Sprintf(`{"algorithm":%q}`, name)), grpc.WithResolvers(grpcresolver.FeedBuilder("ls", feed)))
+			cc.Connect()
+			eng := waitEligible(t, svc, 3)
+			if w := eng.Endpoint(ss[2].addr).Weight(); w != 3 {
+				t.Fatalf("engine weight %d, want 3", w)
+			}
+			resetCounts(ss)
+			spread(t, cc, 1200, 4)
+			got := counts(ss)
+			// Expected 200/400/600; +-25% is over 6 sd for the random ones.
+			for i, want := range []int64{200, 400, 600} {
+				if got[i] < want*3/4 || got[i] > want*5/4 {
+					t.Errorf("weights 1:2:3 gave %v, want about [200 400 600]", got)
+					break
+				}
+			}
+			t.Logf("%s: %v", name, got)
+		})
 	}
 }
