@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,12 +88,12 @@ func Schemes() []string {
 // The scheme selects the registered Builder; a feed package must be imported for
 // its scheme to be known (the static feed is always registered).
 func Parse(target string) (Feed, error) {
+	if !strings.Contains(target, "://") {
+		return nil, fmt.Errorf("lodestar: target %q has no scheme (want scheme://[authority]/..., scheme one of %v)", target, Schemes())
+	}
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, fmt.Errorf("lodestar: target %q: %w", target, err)
-	}
-	if u.Scheme == "" {
-		return nil, fmt.Errorf("lodestar: target %q has no scheme (want scheme:///..., one of %v)", target, Schemes())
 	}
 	buildersMu.RLock()
 	b, ok := builders[u.Scheme]

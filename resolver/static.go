@@ -78,9 +78,6 @@ func buildStatic(u *url.URL) (Feed, error) {
 		return nil, fmt.Errorf("static target: unexpected authority %q (want static:///host:port,host:port)", u.Host)
 	}
 	list := strings.TrimPrefix(u.Path, "/")
-	if u.Opaque != "" {
-		list = u.Opaque
-	}
 	if list == "" {
 		return nil, fmt.Errorf("static target: no addresses (want static:///host:port,host:port)")
 	}
