@@ -74,14 +74,31 @@ func (a *BoundedLoad) Build(info BuildInfo) Picker {
 		share[i] = c * float64(ep.Weight()) / wsum
 	}
 	counts := ringPoints(info.Endpoints, per, 1, maxRingSize)
+	add := info.AddTotalInFlight
+	if add == nil {
+		add = sumInFlight(info.Endpoints)
+	}
 	var p boundedPicker
 	if len(info.Endpoints) <= 1<<16 {
-		p = &blPicker[uint16]{ring: buildRing[uint16](info.Endpoints, counts), share: share, add: info.AddTotalInFlight}
+		p = &blPicker[uint16]{ring: buildRing[uint16](info.Endpoints, counts), share: share, add: add}
 	} else {
-		p = &blPicker[uint32]{ring: buildRing[uint32](info.Endpoints, counts), share: share, add: info.AddTotalInFlight}
+		p = &blPicker[uint32]{ring: buildRing[uint32](info.Endpoints, counts), share: share, add: add}
 	}
 	p.initKeyless(a.Fallback, info)
 	return p
+}
+
+// sumInFlight stands in for the engine's total when a picker is built without
+// one (outside an engine that knows BoundedLoad is TotalCounting, for example
+// by a wrapping algorithm): it sums the endpoints' counts, which costs O(n).
+func sumInFlight(eps []*Endpoint) func(int64) int64 {
+	return func(delta int64) int64 {
+		t := delta
+		for _, ep := range eps {
+			t += ep.inflight.Load()
+		}
+		return t
+	}
 }
 
 type boundedPicker interface {

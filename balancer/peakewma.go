@@ -28,7 +28,8 @@ func init() { Register("peak_ewma", func() Algorithm { return &PeakEWMA{} }) }
 // counts against the endpoint, see outcome.Class.Failure) counts as a latency of
 // at least FailurePenalty, so an endpoint that fails fast does not attract
 // traffic; canceled and unsent requests are ignored. An endpoint with no
-// outcome yet costs DefaultRTT, decaying from the time it was discovered.
+// outcome yet costs DefaultRTT, decaying from the time it was discovered; its
+// first outcome replaces that guess.
 //
 // A pick reads the engine's clock once.
 //
@@ -142,7 +143,7 @@ func (a *PeakEWMA) Observe(ep *Endpoint, o outcome.Outcome, now time.Time) {
 	for {
 		old := ep.ewma.Load()
 		cost, stamp := p.decode(old)
-		if rtt > cost {
+		if old == 0 || rtt > cost { // the first outcome replaces DefaultRTT
 			cost = rtt
 		} else if td := int32(nowMs - stamp); td > 0 {
 			w := math.Exp(float64(td) * p.invTau)

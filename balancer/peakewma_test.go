@@ -1,0 +1,145 @@
+package balancer
+
+import (
+	"container/heap"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/lodestar-go/lodestar/balancer/outcome"
+)
+
+type completion struct {
+	at  time.Time
+	ep  *Endpoint
+	lat time.Duration
+}
+
+type completions []completion
+
+func (c completions) Len() int           { return len(c) }
+func (c completions) Less(i, j int) bool { return c[i].at.Before(c[j].at) }
+func (c completions) Swap(i, j int)      { c[i], c[j] = c[j], c[i] }
+func (c *completions) Push(x any)        { *c = append(*c, x.(completion)) }
+func (c *completions) Pop() any {
+	old := *c
+	x := old[len(old)-1]
+	*c = old[:len(old)-1]
+	return x
+}
+
+// A discrete-event simulation on the injected clock: requests arrive every
+// 100µs; endpoint 0 answers in 10ms, the nine others in 1ms. After a warm-up,
+// peak EWMA must send endpoint 0 under 2% of the traffic (round robin would
+// send it 10%).
+func TestPeakEWMAAvoidsSlowEndpoint(t *testing.T) {
+	const n, warmup, measured, seed = 10, 20_000, 50_000, 11
+	clk := newFakeClock()
+	e := newTestEngine(t, &PeakEWMA{}, clk, seed, resolverEndpoints(n, nil))
+	slow := e.Endpoint(addr(0))
+	var pending completions
+	slowPicks, warmupSlow := 0, 0
+	now := clk.Now()
+	for i := range warmup + measured {
+		now = now.Add(100 * time.Microsecond)
+		for len(pending) > 0 && !pending[0].at.After(now) {
+			c := heap.Pop(&pending).(completion)
+			clk.Advance(c.at.Sub(clk.Now()))
+			e.Done(c.ep, outcome.Outcome{Class: outcome.Success, Latency: c.lat})
+		}
+		clk.Advance(now.Sub(clk.Now()))
+		ep, err := e.Pick(PickInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lat := time.Millisecond
+		if ep == slow {
+			lat = 10 * time.Millisecond
+			if i >= warmup {
+				slowPicks++
+			} else {
+				warmupSlow++
+			}
+		}
+		heap.Push(&pending, completion{now.Add(lat), ep, lat})
+	}
+	if warmupSlow == 0 {
+		t.Fatal("the slow endpoint was never tried during warm-up")
+	}
+	if share := float64(slowPicks) / measured; share >= 0.02 {
+		t.Fatalf("seed %d: slow endpoint got %.2f%% of requests after warm-up, want < 2%%", seed, 100*share)
+	} else {
+		t.Logf("seed %d: slow endpoint got %d requests in warm-up, %.3f%% after", seed, warmupSlow, 100*share)
+	}
+}
+
+func TestPeakEWMAState(t *testing.T) {
+	clk := newFakeClock()
+	alg := &PeakEWMA{} // decay 10s, default RTT 30ms, penalty 1s
+	e := newTestEngine(t, alg, clk, 1, resolverEndpoints(2, nil))
+	ep := e.Endpoint(addr(0))
+	p := e.snap.Load().picker.(*ewmaPicker)
+	load := func() float64 { return p.load(ep, clk.Now().UnixNano()) }
+	near := func(what string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want) > want*0.01 {
+			t.Fatalf("%s: %.0fns, want %.0fns ±1%%", what, got, want)
+		}
+	}
+	near("new endpoint", load(), float64(30*time.Millisecond))
+
+	// A peak replaces the average at once.
+	ep.Acquire()
+	e.Done(ep, outcome.Outcome{Class: outcome.Success, Latency: 100 * time.Millisecond})
+	near("after a 100ms peak", load(), float64(100*time.Millisecond))
+
+	// Idle for one decay time: 1/e of it.
+	clk.Advance(10 * time.Second)
+	near("idle 10s", load(), float64(100*time.Millisecond)/math.E)
+
+	// A lower latency blends with weight 1-e^(-Δt/τ): Δt = 10s here.
+	ep.Acquire()
+	e.Done(ep, outcome.Outcome{Class: outcome.Success, Latency: 10 * time.Millisecond})
+	w := 1 / math.E
+	near("blend", load(), float64(100*time.Millisecond)*w+float64(10*time.Millisecond)*(1-w))
+
+	// In-flight requests multiply the cost.
+	before := load()
+	ep.Acquire()
+	ep.Acquire()
+	near("2 in flight", load(), 3*before)
+	e.Done(ep, outcome.Outcome{Class: outcome.Canceled, Latency: time.Hour}) // ignored
+	e.Done(ep, outcome.Outcome{Class: outcome.NotSent, Latency: time.Hour})  // ignored
+	near("canceled and not sent ignored", load(), before)
+
+	// A fast failure counts as the penalty.
+	ep.Acquire()
+	e.Done(ep, outcome.Outcome{Class: outcome.ConnectError, Latency: time.Microsecond})
+	near("failure", load(), float64(time.Second))
+
+	// The state lives on the endpoint: a rebuild keeps it.
+	e.Update(resolverEndpoints(3, nil))
+	p = e.snap.Load().picker.(*ewmaPicker)
+	near("after rebuild", load(), float64(time.Second))
+}
+
+// A pick reads the clock at most once.
+func TestPeakEWMAOneClockReadPerPick(t *testing.T) {
+	clk := newFakeClock()
+	reads := 0
+	e, err := NewEngine(Config{Algorithm: &PeakEWMA{}}, Options{Rand: seededRand(1), Now: func() time.Time { reads++; return clk.Now() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	e.Update(resolverEndpoints(10, nil))
+	reads = 0
+	for range 100 {
+		if _, err := e.Pick(PickInfo{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reads > 100 {
+		t.Fatalf("100 picks read the clock %d times", reads)
+	}
+}
