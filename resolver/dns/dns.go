@@ -182,6 +182,10 @@ func serverAddress(s string) (string, error) {
 // server at addr ("host:port", port 53 when left out), over UDP or TCP as the
 // resolver chooses. The system's search domains and /etc/hosts still apply;
 // use fully qualified names ("api.internal.") to skip the search list.
+//
+// Unlike the standard resolver, whose queries wait for their own timeout even
+// when the lookup's context is cancelled, its connections close as soon as
+// the context is done.
 func ResolverFor(addr string) *net.Resolver {
 	if a, err := serverAddress(addr); err == nil {
 		addr = a
@@ -190,10 +194,39 @@ func ResolverFor(addr string) *net.Resolver {
 	return &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, addr)
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return closeOnDone(ctx, c), nil
 		},
 	}
 }
+
+// closeOnDone closes c when ctx is done, so that a query blocked in a read
+// returns. The resolver tells datagram from stream connections by the
+// net.PacketConn interface, so a *net.UDPConn stays one.
+func closeOnDone(ctx context.Context, c net.Conn) net.Conn {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	if u, ok := c.(*net.UDPConn); ok {
+		return &udpConn{u, stop}
+	}
+	return &streamConn{c, stop}
+}
+
+type udpConn struct {
+	*net.UDPConn
+	stop func() bool
+}
+
+func (c *udpConn) Close() error { c.stop(); return c.UDPConn.Close() }
+
+type streamConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *streamConn) Close() error { c.stop(); return c.Conn.Close() }
 
 // Feed is a resolver.Feed over DNS. Make it with NewHost or NewSRV; several
 // Watch calls may run at once, each with its own refresh loop.
@@ -304,12 +337,11 @@ func (f *Feed) Watch(ctx context.Context, s resolver.Sink) error {
 	for {
 		start := time.Now()
 		now := f.nowCh() // a ResolveNow from here on asks for the next lookup
-		lctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
-		eps, cache, partial, err := f.lookup(lctx, srvCache)
-		cancel()
-		if ctx.Err() != nil {
+		res, ok := f.lookupAsync(ctx, srvCache)
+		if !ok {
 			return ctx.Err()
 		}
+		eps, cache, partial, err := res.eps, res.cache, res.partial, res.err
 		next := f.opts.MaxInterval
 		switch {
 		case err != nil:
@@ -354,6 +386,37 @@ func (f *Feed) wait(ctx context.Context, start time.Time, next time.Duration, no
 		}
 	}
 	return true
+}
+
+type result struct {
+	eps          []resolver.Endpoint
+	cache        map[string][]netip.Addr
+	partial, err error
+}
+
+// lookupAsync runs lookup bounded by Timeout and returns its result, or false
+// as soon as ctx is done. The standard resolver does not abandon a query when
+// its context is cancelled (it waits for the query's own timeout), so the
+// lookup runs on its own goroutine, which Watch does not wait for: it ends
+// when the resolver gives up.
+func (f *Feed) lookupAsync(ctx context.Context, cache map[string][]netip.Addr) (result, bool) {
+	ch := make(chan result, 1)
+	go func() {
+		lctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
+		defer cancel()
+		var r result
+		r.eps, r.cache, r.partial, r.err = f.lookup(lctx, cache)
+		ch <- r
+	}()
+	select {
+	case <-ctx.Done():
+		return result{}, false
+	case r := <-ch:
+		if ctx.Err() != nil {
+			return result{}, false
+		}
+		return r, true
+	}
 }
 
 // lookup does one refresh. err means nothing usable was found (the last set

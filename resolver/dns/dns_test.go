@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -439,3 +440,60 @@ func TestParseTargetAndOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestCancelWithAResolverThatIgnoresCancel: the standard resolver's queries
+// wait for their own timeout even when cancelled; Watch must return at once
+// anyway, and the abandoned lookup must end by Options.Timeout.
+func TestCancelWithAResolverThatIgnoresCancel(t *testing.T) {
+	z := newZone(t)
+	z.set(t, srvName, mdns.TypeSRV, srvName+" 5 IN SRV 1 1 80 a.lodestar.test.")
+	z.set(t, "a.lodestar.test.", mdns.TypeA, "a.lodestar.test. 5 IN A 127.0.0.1")
+	var open atomic.Int64
+	var d net.Dialer
+	o := fast(z)
+	o.Timeout = 300 * time.Millisecond
+	o.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, z.addr) // no close on cancel
+		if err == nil {
+			open.Add(1)
+			c = &countedConn{c.(*net.UDPConn), &open}
+		}
+		return c, err
+	}}
+	f, err := NewSRV(srvName, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newRecSink()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Watch(ctx, s) }()
+	s.waitUpdate(t, 0, 5*time.Second, "the first answer", hasAddrs("127.0.0.1:80"))
+	z.setDrop(true)
+	for open.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case <-done:
+		t.Logf("Watch returned %v after cancel", time.Since(start))
+	case <-time.After(time.Second):
+		t.Fatal("Watch did not return within 1s of cancel")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for open.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d resolver connections still open 5s after cancel", open.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("the abandoned lookup ended %v after cancel (Timeout 300ms)", time.Since(start).Round(time.Millisecond))
+}
+
+type countedConn struct {
+	*net.UDPConn
+	open *atomic.Int64
+}
+
+func (c *countedConn) Close() error { c.open.Add(-1); return c.UDPConn.Close() }
