@@ -17,7 +17,8 @@ func ExampleNewTransport() {
 	var backends []string
 	for _, name := range []string{"a", "b"} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "%s served %s%s", name, r.Host, r.URL.Path)
+			w.Header().Set("Backend", name)
+			fmt.Fprintf(w, "Host %s, path %s", r.Host, r.URL.Path)
 		}))
 		defer srv.Close()
 		backends = append(backends, srv.Listener.Addr().String())
@@ -43,7 +44,8 @@ func ExampleNewTransport() {
 	defer tr.Close()
 
 	client := &http.Client{Transport: tr}
-	for range 3 {
+	perBackend := map[string]int{}
+	for range 4 {
 		resp, err := client.Get("http://users/v1/profile")
 		if err != nil {
 			fmt.Println(err)
@@ -51,10 +53,14 @@ func ExampleNewTransport() {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		fmt.Println(string(body[1:])) // the backend's name, a or b, depends on port order
+		perBackend[resp.Header.Get("Backend")]++
+		fmt.Println(string(body))
 	}
+	fmt.Println("a:", perBackend["a"], "b:", perBackend["b"])
 	// Output:
-	// served users/v1/profile
-	// served users/v1/profile
-	// served users/v1/profile
+	// Host users, path /v1/profile
+	// Host users, path /v1/profile
+	// Host users, path /v1/profile
+	// Host users, path /v1/profile
+	// a: 2 b: 2
 }
