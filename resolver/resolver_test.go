@@ -186,3 +186,25 @@ func TestBackoffDelayBounds(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParse: any target string gives a Feed or an error, never a panic, and a
+// static feed it gives holds only valid endpoints.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"static:///127.0.0.1:80,127.0.0.1:81", "static:///[::1]:443", "static://x/y", "nosuch:///a", "static:///a:1,a:1", "", "://", "static:///%zz"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		feed, err := Parse(target)
+		if err != nil {
+			if feed != nil {
+				t.Fatal("a feed returned with an error")
+			}
+			return
+		}
+		if s, ok := feed.(*Static); ok {
+			if err := ValidateSet(s.Endpoints()); err != nil {
+				t.Fatalf("Parse(%q) accepted an invalid set: %v", target, err)
+			}
+		}
+	})
+}
