@@ -112,6 +112,9 @@ func (o *Options) endpoint(e *api.ServiceEntry) (ep resolver.Endpoint, ok bool, 
 		return ep, false, fmt.Errorf("instance %s: port %d is not in 1-65535", instanceID(e), port)
 	}
 	ep.Address = net.JoinHostPort(host, strconv.Itoa(port))
+	if h, _, err := net.SplitHostPort(ep.Address); err != nil || h != host {
+		return ep, false, fmt.Errorf("instance %s: address %q is not a host name or IP address", instanceID(e), host)
+	}
 	if weight > 0 {
 		ep.Weight = uint32(min(weight, resolver.MaxWeight))
 	}

@@ -55,6 +55,9 @@ func FuzzEntryMapping(f *testing.F) {
 		if err != nil || !ok {
 			return
 		}
+		if err := ep.Validate(); err != nil {
+			t.Errorf("served an invalid endpoint: %v", err)
+		}
 		host, p, err := net.SplitHostPort(ep.Address)
 		if err != nil || p != strconv.Itoa(port) || (host != svcAddr && (svcAddr != "" || host != nodeAddr)) {
 			t.Errorf("address %q from service address %q, node address %q, port %d", ep.Address, svcAddr, nodeAddr, port)

@@ -301,12 +301,17 @@ func checkName(name string) error {
 // Options returns the feed's options with defaults filled in.
 func (f *Feed) Options() Options { return f.opts }
 
-// String describes the feed for logs.
+// String describes the feed for logs, with the DNS server when Options.Server
+// chose it (the resolver's own errors name the system's server instead).
 func (f *Feed) String() string {
+	s := "dns feed " + net.JoinHostPort(f.name, f.port)
 	if f.srv {
-		return fmt.Sprintf("dns feed SRV %s", f.name)
+		s = "dns feed SRV " + f.name
 	}
-	return fmt.Sprintf("dns feed %s", net.JoinHostPort(f.name, f.port))
+	if f.opts.Server != "" {
+		s += " via " + f.opts.Server
+	}
+	return s
 }
 
 // ResolveNow asks every Watch of the feed for a lookup as soon as MinInterval

@@ -373,7 +373,7 @@ func TestParseTargetAndOptions(t *testing.T) {
 	if o.Server != "10.0.0.2:53" || o.Network != "ip4" || o.MinInterval != 2*time.Second || o.MaxInterval != time.Minute || o.Timeout != 3*time.Second || o.Resolver == nil {
 		t.Errorf("options %+v", o)
 	}
-	if f.String() != "dns feed api.internal:8080" {
+	if f.String() != "dns feed api.internal:8080 via 10.0.0.2:53" {
 		t.Errorf("String() = %q", f)
 	}
 	f, err = ParseTarget("srv:///_grpc._tcp.api.internal")
