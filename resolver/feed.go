@@ -88,24 +88,50 @@ func Schemes() []string {
 // The scheme selects the registered Builder; a feed package must be imported for
 // its scheme to be known (the static feed is always registered).
 func Parse(target string) (Feed, error) {
+	f, err := parse(target)
+	if err != nil {
+		return nil, fmt.Errorf("lodestar: target %q: %w", Redact(target), err)
+	}
+	return f, nil
+}
+
+func parse(target string) (Feed, error) {
 	if !strings.Contains(target, "://") {
-		return nil, fmt.Errorf("lodestar: target %q has no scheme (want scheme://[authority]/..., scheme one of %v)", target, Schemes())
+		return nil, fmt.Errorf("no scheme (want scheme://[authority]/..., scheme one of %v)", Schemes())
 	}
 	u, err := url.Parse(target)
 	if err != nil {
-		return nil, fmt.Errorf("lodestar: target %q: %w", target, err)
+		return nil, errors.Unwrap(err) // url.Error repeats the whole target
 	}
 	buildersMu.RLock()
 	b, ok := builders[u.Scheme]
 	buildersMu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("lodestar: target %q: unknown scheme %q (registered: %v; import the feed's package)", target, u.Scheme, Schemes())
+		return nil, fmt.Errorf("unknown scheme %q (registered: %v; import the feed's package)", u.Scheme, Schemes())
 	}
-	f, err := b(u)
-	if err != nil {
-		return nil, fmt.Errorf("lodestar: target %q: %w", target, err)
+	return b(u)
+}
+
+// secretParams are target query parameters whose values Redact hides.
+var secretParams = []string{"token", "password", "secret"}
+
+// Redact returns target with the values of secret query parameters (token,
+// password, secret) replaced, for logs and errors.
+func Redact(target string) string {
+	i := strings.IndexByte(target, '?')
+	if i < 0 {
+		return target
 	}
-	return f, nil
+	params := strings.Split(target[i+1:], "&")
+	for j, p := range params {
+		k, _, _ := strings.Cut(p, "=")
+		for _, s := range secretParams {
+			if strings.EqualFold(k, s) {
+				params[j] = k + "=REDACTED"
+			}
+		}
+	}
+	return target[:i+1] + strings.Join(params, "&")
 }
 
 // RunOptions tune Run. The zero value is ready to use.

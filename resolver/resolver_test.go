@@ -208,3 +208,10 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParseRedactsSecrets(t *testing.T) {
+	_, err := Parse("nosuch://agent/svc?tag=a&token=s3cr3t")
+	if err == nil || strings.Contains(err.Error(), "s3cr3t") || !strings.Contains(err.Error(), "token=REDACTED") {
+		t.Fatalf("err = %v, want the token redacted", err)
+	}
+}
