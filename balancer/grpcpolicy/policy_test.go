@@ -2,6 +2,7 @@ package grpcpolicy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -466,5 +467,23 @@ func TestWeightsTravelFromTheResolver(t *testing.T) {
 			}
 			t.Logf("%s: %v", name, got)
 		})
+	}
+}
+
+// brokenFeed fails every discovery call.
+type brokenFeed struct{}
+
+func (brokenFeed) Watch(ctx context.Context, s resolver.Sink) error {
+	s.ReportError(errors.New("consul: connection refused"))
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestFeedErrorFailsRPCsWithTheCause(t *testing.T) {
+	registerTestPolicy()
+	cc := dial(t, "broken:///brokensvc", serviceConfig(testPolicy, `{}`), grpc.WithResolvers(grpcresolver.FeedBuilder("broken", brokenFeed{})))
+	_, err := testgrpc.NewTestServiceClient(cc).EmptyCall(context.Background(), &testgrpc.Empty{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "consul: connection refused") {
+		t.Fatalf("RPC while discovery fails: %v, want UNAVAILABLE naming the feed error", err)
 	}
 }
