@@ -170,7 +170,6 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, bOpts grpcbalancer.BuildOpti
 type endpointState struct {
 	picker atomic.Pointer[childPicker]
 	state  connectivity.State // under policy.mu
-	err    error              // the child's error in TRANSIENT_FAILURE, under policy.mu
 }
 
 type childPicker struct{ grpcbalancer.Picker }
@@ -288,12 +287,12 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 		}
 		st.picker.Store(&childPicker{c.State.Picker})
 		st.state = c.State.ConnectivityState
-		st.err = nil
 		if st.state == connectivity.Ready {
 			ready++
 		} else if st.state == connectivity.TransientFailure && c.State.Picker != nil {
+			// pick_first's picker in TRANSIENT_FAILURE returns why.
 			if _, err := c.State.Picker.Pick(grpcbalancer.PickInfo{Ctx: context.Background()}); err != nil {
-				st.err, connErr = err, err
+				connErr = err
 			}
 		}
 	}
@@ -308,11 +307,12 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 	if ready > 0 {
 		agg = connectivity.Ready
 	}
+	aff := p.eng.Config().Affinity
 	pk := &picker{
 		eng:      p.eng,
 		classify: p.opts.Classifier,
-		mdKey:    p.eng.Config().Affinity.Metadata,
-		clientIP: p.eng.Config().Affinity.ClientIP,
+		mdKey:    aff.Metadata,
+		clientIP: aff.ClientIP,
 		// With nothing READY yet but something on its way, RPCs wait for it,
 		// as with grpc's own policies; otherwise no endpoint means fail fast.
 		queue:   ready == 0 && (agg == connectivity.Connecting || agg == connectivity.Idle),

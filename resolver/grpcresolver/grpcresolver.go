@@ -33,7 +33,6 @@ package grpcresolver
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"sync"
 
@@ -122,8 +121,8 @@ func FeedBuilder(grpcScheme string, feed resolver.Feed) *Builder {
 func (b *Builder) Scheme() string { return b.scheme }
 
 // Build starts watching the target's feed for the channel cc. A target the feed
-// scheme rejects is an error naming what is wrong, returned by grpc.NewClient's
-// first connection attempt (the channel stays in TRANSIENT_FAILURE).
+// scheme rejects is an error naming what is wrong; as grpc.NewClient builds its
+// resolver lazily, the channel's RPCs fail with UNAVAILABLE and that error.
 func (b *Builder) Build(target grpcresolver.Target, cc grpcresolver.ClientConn, _ grpcresolver.BuildOptions) (grpcresolver.Resolver, error) {
 	feed := b.feed
 	if feed == nil {
@@ -131,7 +130,7 @@ func (b *Builder) Build(target grpcresolver.Target, cc grpcresolver.ClientConn, 
 		u.Scheme = b.feedScheme
 		f, err := resolver.Parse(u.String())
 		if err != nil {
-			return nil, fmt.Errorf("lodestar resolver %s: %w", b.scheme, err)
+			return nil, err // names the target and what is wrong with it
 		}
 		feed = f
 	}

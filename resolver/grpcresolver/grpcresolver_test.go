@@ -9,8 +9,13 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental/balancer/weight"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	gresolver "google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/status"
 
 	"github.com/lodestar-go/lodestar/resolver"
 	"github.com/lodestar-go/lodestar/resolver/grpcresolver"
@@ -207,5 +212,17 @@ func TestAttributesRoundTrip(t *testing.T) {
 	info, ok := grpcresolver.InfoFrom(grpcresolver.SetInfo(gresolver.Endpoint{}, grpcresolver.Info{Priority: 1}))
 	if !ok || info.Priority != 1 {
 		t.Errorf("SetInfo/InfoFrom: %+v %v", info, ok)
+	}
+}
+
+func TestBadTargetFailsRPCsWithTheReason(t *testing.T) {
+	cc, err := grpc.NewClient("static:///nonsense", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	_, err = testgrpc.NewTestServiceClient(cc).EmptyCall(context.Background(), &testgrpc.Empty{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `endpoint address "nonsense": want host:port`) {
+		t.Fatalf("RPC on a bad static target: %v", err)
 	}
 }
