@@ -487,3 +487,13 @@ func TestFeedErrorFailsRPCsWithTheCause(t *testing.T) {
 		t.Fatalf("RPC while discovery fails: %v, want UNAVAILABLE naming the feed error", err)
 	}
 }
+
+// Addresses that are not host:port (unix sockets) are not supported by the
+// engine yet; RPCs say so instead of failing obscurely.
+func TestNonHostPortAddressIsReported(t *testing.T) {
+	cc := dial(t, "unix:///tmp/lodestar-no-such.sock", serviceConfig("lodestar", `{}`))
+	_, err := testgrpc.NewTestServiceClient(cc).EmptyCall(context.Background(), &testgrpc.Empty{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "want host:port") {
+		t.Fatalf("RPC to a unix socket: %v", err)
+	}
+}
