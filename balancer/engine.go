@@ -218,7 +218,11 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 		ep.outcomes[o.Class].Add(1)
 	}
 	if e.observer != nil {
-		e.observer.Observe(ep, o, e.opts.Now())
+		at := o.At
+		if at.IsZero() {
+			at = e.opts.Now()
+		}
+		e.observer.Observe(ep, o, at)
 	}
 	n := ep.inflight.Add(-1)
 	if e.trackTotal {

@@ -31,7 +31,10 @@ func init() { Register("peak_ewma", func() Algorithm { return &PeakEWMA{} }) }
 // outcome yet costs DefaultRTT, decaying from the time it was discovered; its
 // first outcome replaces that guess.
 //
-// A pick reads the engine's clock once.
+// A pick reads no clock at all: idle decay scales every endpoint's average by
+// the same factor, so comparing two needs only the gap between their last
+// updates. Done needs the time of the outcome: pass outcome.Outcome.At, or the
+// engine reads its clock.
 //
 // JSON name "peak_ewma"; options in JSON:
 // {"decayTime": "10s", "defaultRTT": "30ms", "failurePenalty": "1s"}.
@@ -124,7 +127,7 @@ func (a *PeakEWMA) params() ewmaParams {
 	if a.FailurePenalty != 0 {
 		p.penalty = float64(a.FailurePenalty)
 	}
-	p.invTau = -1 / p.tauMs
+	p.invTau = 1 / p.tauMs
 	return p
 }
 
@@ -134,19 +137,30 @@ func (a *PeakEWMA) Observe(ep *Endpoint, o outcome.Outcome, now time.Time) {
 	if !o.Class.Counted() {
 		return
 	}
-	p := a.params()
 	rtt := float64(max(o.Latency, 0))
 	if o.Class.Failure() {
-		rtt = max(rtt, p.penalty)
+		penalty := a.FailurePenalty
+		if penalty == 0 {
+			penalty = time.Second
+		}
+		rtt = max(rtt, float64(penalty))
 	}
-	nowMs := ep.ewmaClock(now.UnixNano())
+	decayMs := 10_000.0
+	if a.DecayTime != 0 {
+		decayMs = float64(a.DecayTime) / float64(time.Millisecond)
+	}
+	def := float64(30 * time.Millisecond)
+	if a.DefaultRTT != 0 {
+		def = float64(a.DefaultRTT)
+	}
+	nowMs := ewmaClock(now.UnixNano())
 	for {
 		old := ep.ewma.Load()
-		cost, stamp := p.decode(old)
+		cost, stamp := decodeEWMA(old, def)
 		if old == 0 || rtt > cost { // the first outcome replaces DefaultRTT
 			cost = rtt
 		} else if td := int32(nowMs - stamp); td > 0 {
-			w := math.Exp(float64(td) * p.invTau)
+			w := expNeg(float64(td) / decayMs)
 			cost = cost*w + rtt*(1-w)
 		} else {
 			// Same millisecond (or a concurrent later update): the blend weight
@@ -160,8 +174,7 @@ func (a *PeakEWMA) Observe(ep *Endpoint, o outcome.Outcome, now time.Time) {
 
 // Build returns a peak EWMA picker over info.Endpoints.
 func (a *PeakEWMA) Build(info BuildInfo) Picker {
-	p := &ewmaPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), rand: info.Rand, now: info.Now,
-		ewmaParams: a.params()}
+	p := &ewmaPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), rand: info.Rand, ewmaParams: a.params()}
 	for _, ep := range info.Endpoints {
 		p.weighted = p.weighted || ep.Weight() != info.Endpoints[0].Weight()
 	}
@@ -170,37 +183,70 @@ func (a *PeakEWMA) Build(info BuildInfo) Picker {
 
 type ewmaParams struct {
 	tauMs   float64 // decay time in ms
-	invTau  float64 // -1/tauMs
+	invTau  float64 // 1/tauMs
 	def     float64 // default RTT, ns
 	penalty float64 // failure penalty, ns
 }
 
 // The state word: the cost in ns as a float32 in the high half, the time of the
-// last update in ms since the endpoint's creation (mod 2^32: Δt is right for
-// gaps under 49 days) in the low half. 0 means no outcome yet.
+// last update in ms since the Unix epoch mod 2^32 in the low half (gaps are
+// read as signed 32-bit differences, right under 24 days). 0 means no outcome
+// yet.
 func encodeEWMA(cost float64, ms uint32) uint64 {
 	c := math.Float32bits(float32(max(cost, 1)))
 	return uint64(c)<<32 | uint64(ms)
 }
 
-func (p *ewmaParams) decode(v uint64) (cost float64, ms uint32) {
+// decodeEWMA returns the cost and time of state v, or def and 0 for no state.
+func decodeEWMA(v uint64, def float64) (cost float64, ms uint32) {
 	if v == 0 {
-		return p.def, 0
+		return def, 0
 	}
 	return float64(math.Float32frombits(uint32(v >> 32))), uint32(v)
 }
 
-// ewmaClock returns now as ms since the endpoint's creation, mod 2^32.
-func (ep *Endpoint) ewmaClock(nowNs int64) uint32 {
-	return uint32(max(nowNs-ep.epoch, 0) / int64(time.Millisecond))
+// expNeg returns e^(-x) for x ≥ 0 to a relative error below 1e-7, in about half
+// math.Exp's time: 2^(-k)·e^(-y) with k = round(x·log₂e) and |y| ≤ ln2/2 done by
+// a degree-7 Taylor polynomial.
+func expNeg(x float64) float64 {
+	t := x * math.Log2E
+	if !(t < 1000) { // also NaN
+		return 0
+	}
+	k := int64(t + 0.5)
+	y := (t - float64(k)) * math.Ln2
+	p := 1 - y*(1-y*(1.0/2-y*(1.0/6-y*(1.0/24-y*(1.0/120-y*(1.0/720-y*(1.0/5040)))))))
+	return p * math.Float64frombits(uint64(1023-k)<<52)
 }
 
-// load returns ep's decayed cost times its requests in flight plus one.
-func (p *ewmaPicker) load(ep *Endpoint, nowNs int64) float64 {
-	cost, stamp := p.decode(ep.ewma.Load())
-	if td := int32(ep.ewmaClock(nowNs) - stamp); td > 0 {
-		cost *= math.Exp(float64(td) * p.invTau)
+// ewmaClock returns a time as ms since the Unix epoch, mod 2^32 (only
+// differences under 24 days are read).
+func ewmaClock(ns int64) uint32 { return uint32(uint64(ns) / uint64(time.Millisecond)) }
+
+// state returns ep's average and the time of its last update; an endpoint with
+// no outcome yet has def, as of its creation.
+func (p *ewmaParams) state(ep *Endpoint) (cost float64, ms uint32) {
+	v := ep.ewma.Load()
+	if v == 0 {
+		return p.def, ewmaClock(ep.epoch)
 	}
+	return decodeEWMA(v, p.def)
+}
+
+// load returns ep's cost at nowNs: its average decayed to now, times its
+// requests in flight plus one, over its weight if weights differ. Picks compare
+// loads without the clock (see Pick); this is for tests and inspection.
+func (p *ewmaPicker) load(ep *Endpoint, nowNs int64) float64 {
+	cost, stamp := p.state(ep)
+	if td := int32(ewmaClock(nowNs) - stamp); td > 0 {
+		cost *= expNeg(float64(td) * p.invTau)
+	}
+	return p.undecayed(ep, cost)
+}
+
+// undecayed returns cost times ep's requests in flight plus one, over its
+// weight if weights differ.
+func (p *ewmaPicker) undecayed(ep *Endpoint, cost float64) float64 {
 	l := cost * float64(ep.inflight.Load()+1)
 	if p.weighted {
 		l /= float64(ep.weight.Load())
@@ -212,11 +258,14 @@ type ewmaPicker struct {
 	eps      []*Endpoint
 	n        uint64
 	rand     func() uint64
-	now      func() time.Time
 	weighted bool
 	ewmaParams
 }
 
+// Pick compares two endpoints' loads without reading the clock: decay while
+// idle multiplies every average by e^(-(now-t)/τ), t being its last update, so
+// the common factor e^(-now/τ) cancels and only the gap between the two last
+// updates matters.
 func (p *ewmaPicker) Pick(PickInfo) (*Endpoint, error) {
 	if p.n == 1 {
 		return p.eps[0], nil
@@ -227,9 +276,16 @@ func (p *ewmaPicker) Pick(PickInfo) (*Endpoint, error) {
 	if j >= i {
 		j++
 	}
-	now := p.now().UnixNano()
 	a, b := p.eps[i], p.eps[j]
-	if p.load(b, now) < p.load(a, now) {
+	ca, sa := p.state(a)
+	cb, sb := p.state(b)
+	la, lb := p.undecayed(a, ca), p.undecayed(b, cb)
+	if d := int32(sb - sa); d > 0 { // a's average is older: decay it by the gap
+		la *= expNeg(float64(d) * p.invTau)
+	} else if d < 0 {
+		lb *= expNeg(float64(-d) * p.invTau)
+	}
+	if lb < la {
 		return b, nil
 	}
 	return a, nil

@@ -74,7 +74,8 @@ type TotalCounting interface {
 
 // OutcomeObserver is implemented by an algorithm that keeps per-endpoint state
 // from reported outcomes (peak EWMA does). The engine calls Observe from Done,
-// before the endpoint's in-flight count drops, with its clock's current time.
+// before the endpoint's in-flight count drops, with the outcome's time
+// (outcome.Outcome.At, or the engine clock's current time when that is zero).
 // Observe must be safe for concurrent use and should not allocate.
 type OutcomeObserver interface {
 	Algorithm

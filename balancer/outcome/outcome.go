@@ -89,6 +89,12 @@ type Outcome struct {
 	Code int
 	// Err is the transport or call error, if any.
 	Err error
+	// At is when the outcome was known: the end of Latency. A front door that
+	// measured Latency has it already (end := time.Now(); Latency =
+	// end.Sub(start)) and should pass it on, so that the engine need not read
+	// the clock again for algorithms that keep time (peak EWMA). The zero value
+	// means "now": the engine reads its clock when it needs the time.
+	At time.Time
 }
 
 // HTTPStatusClass returns the default class of an HTTP response status.
