@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -92,5 +93,32 @@ func TestWeightUpdateRebuilds(t *testing.T) {
 	}
 	if a != 6 {
 		t.Fatalf("weights 3:1, 8 picks %s: %d to A, want 6", seq, a)
+	}
+}
+
+// The engine's sorted set, kept by merging on each update, matches a full sort.
+func TestEngineSortedAfterUpdates(t *testing.T) {
+	e := newTestEngine(t, &RoundRobin{}, newFakeClock(), 1, nil)
+	rnd := seededRand(4)
+	for range 200 {
+		var eps []resolver.Endpoint
+		for i := range 300 {
+			if rnd()%3 != 0 {
+				eps = append(eps, resolver.Endpoint{Address: addr(i)})
+			}
+		}
+		e.Update(eps)
+		got := e.Endpoints()
+		if len(got) != len(eps) {
+			t.Fatalf("%d endpoints, want %d", len(got), len(eps))
+		}
+		if !slices.IsSortedFunc(got, byAddress) {
+			t.Fatal("endpoints not in address order")
+		}
+		for i, ep := range got {
+			if e.Endpoint(ep.Address()) != ep || ep.Removed() {
+				t.Fatalf("endpoint %d (%s) is stale", i, ep.Address())
+			}
+		}
 	}
 }

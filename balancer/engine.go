@@ -57,6 +57,7 @@ type Engine struct {
 
 	mu        sync.Mutex
 	endpoints map[string]*Endpoint // discovered, by address
+	sorted    []*Endpoint          // endpoints sorted by address; nil when membership changed
 	draining  map[string]*Endpoint // removed, with requests still in flight
 	feedErr   error
 	closed    bool
@@ -287,6 +288,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 	}
 	now := e.opts.Now()
 	var added, removedN int
+	var newEps []*Endpoint
 	for _, info := range valid {
 		if ep, ok := e.endpoints[info.Address]; ok {
 			if !ep.Info().Equal(info) {
@@ -303,6 +305,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 			ep = newEndpoint(info, now)
 		}
 		e.endpoints[info.Address] = ep
+		newEps = append(newEps, ep)
 		added++
 	}
 	for addr, ep := range e.endpoints {
@@ -317,6 +320,9 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 		} else {
 			e.draining[addr] = ep
 		}
+	}
+	if added > 0 || removedN > 0 {
+		e.sorted = mergeSorted(e.sorted, newEps)
 	}
 	e.rebuildLocked()
 	e.mu.Unlock()
@@ -384,11 +390,15 @@ func (e *Engine) notifyDrained(ep *Endpoint) {
 
 // rebuildLocked builds and publishes a snapshot of the current set.
 func (e *Engine) rebuildLocked() {
-	all := make([]*Endpoint, 0, len(e.endpoints))
-	for _, ep := range e.endpoints {
-		all = append(all, ep)
+	all := e.sorted
+	if all == nil || len(all) != len(e.endpoints) {
+		all = make([]*Endpoint, 0, len(e.endpoints))
+		for _, ep := range e.endpoints {
+			all = append(all, ep)
+		}
+		slices.SortFunc(all, byAddress)
+		e.sorted = all // shared by snapshots, never modified
 	}
-	slices.SortFunc(all, byAddress)
 	eligible := make([]*Endpoint, 0, len(all))
 	for _, ep := range all {
 		if ep.eligible() {
@@ -407,6 +417,26 @@ func (e *Engine) rebuildLocked() {
 		s.err = &NoEndpointsError{Service: e.opts.Service, Reason: reason(all), FeedErr: e.feedErr}
 	}
 	e.publishLocked(s)
+}
+
+// mergeSorted returns a new slice: the endpoints of old (sorted by address)
+// that discovery has not removed, merged with added, in address order. It costs
+// O(n + a log a) where a full sort costs O(n log n) string comparisons.
+func mergeSorted(old, added []*Endpoint) []*Endpoint {
+	slices.SortFunc(added, byAddress)
+	out := make([]*Endpoint, 0, len(old)+len(added))
+	i := 0
+	for _, ep := range old {
+		if ep.Removed() {
+			continue
+		}
+		for i < len(added) && byAddress(added[i], ep) < 0 {
+			out = append(out, added[i])
+			i++
+		}
+		out = append(out, ep)
+	}
+	return append(out, added[i:]...)
 }
 
 func (e *Engine) publishLocked(s *snapshot) {

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"fmt"
-	"strconv"
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
@@ -87,70 +86,68 @@ func ringPoints(eps []*Endpoint, perEndpoint, minSize, maxSize int) []int {
 	return counts
 }
 
-// buildRing places counts[i] points for endpoint i, at xxhash("address_k") for
-// k = 0, 1, ... (the keys Envoy's ring hash uses).
+// buildRing places counts[i] points for endpoint i. Endpoint i's points are
+// the SplitMix64 sequence seeded with xxhash(address): mix64(h + k·γ) for
+// k = 1, 2, ..., uniform and independent of the other endpoints' points.
+//
+// The points are sorted by a counting sort on their top bits, which is also
+// the lookup table (bucket k starts at lookup[k]), and an insertion sort within
+// each bucket (about two points each); ties go to the lower endpoint index, so
+// every client builds the same ring. Memory: 8 bytes a point for the hash,
+// sizeof(T) for the endpoint, and 4 bytes a bucket.
 func buildRing[T owner](eps []*Endpoint, counts []int) *ring[T] {
 	total := 0
 	for _, c := range counts {
 		total += c
 	}
-	type point struct {
-		h uint64
-		o T
-	}
-	pts := make([]point, 0, total)
-	buf := make([]byte, 0, 64)
+	seeds := make([]uint64, len(eps))
 	for i, ep := range eps {
-		buf = append(buf[:0], ep.addr...)
-		buf = append(buf, '_')
-		base := len(buf)
-		for k := range counts[i] {
-			buf = strconv.AppendInt(buf[:base], int64(k), 10)
-			pts = append(pts, point{xxhash.Sum64(buf), T(i)})
-		}
+		seeds[i] = xxhash.Sum64String(ep.addr)
 	}
-	// LSD radix sort on the hash, 16 bits a pass; stable, so equal hashes stay
-	// in endpoint order and the ring is the same on every client.
-	tmp := make([]point, len(pts))
-	var count [1 << 16]int
-	for shift := uint(0); shift < 64; shift += 16 {
-		clear(count[:])
-		for _, p := range pts {
-			count[(p.h>>shift)&0xffff]++
-		}
-		sum := 0
-		for d, c := range count {
-			count[d] = sum
-			sum += c
-		}
-		for _, p := range pts {
-			d := (p.h >> shift) & 0xffff
-			tmp[count[d]] = p
-			count[d]++
-		}
-		pts, tmp = tmp, pts
-	}
-	r := &ring[T]{hashes: make([]uint64, len(pts)), owners: make([]T, len(pts))}
-	for i, p := range pts {
-		r.hashes[i], r.owners[i] = p.h, p.o
-	}
-	// About two points per lookup bucket.
-	bits := uint(1)
-	for 1<<(bits+1) < len(pts) && bits < 24 {
+	bits := uint(1) // about two points per bucket
+	for 1<<(bits+1) < total && bits < 24 {
 		bits++
 	}
-	r.shift = 64 - bits
-	r.lookup = make([]uint32, 1<<bits+1)
-	j := 0
-	for k := range 1 << bits {
-		for j < len(r.hashes) && r.hashes[j]>>r.shift < uint64(k) {
-			j++
+	shift := 64 - bits
+	lookup := make([]uint32, 1<<bits+1)
+	for i, s := range seeds {
+		for k := range counts[i] {
+			lookup[mix64(s+uint64(k+1)*golden)>>shift]++
 		}
-		r.lookup[k] = uint32(j)
 	}
-	r.lookup[1<<bits] = uint32(len(r.hashes))
-	return r
+	sum := uint32(0)
+	for b, c := range lookup {
+		lookup[b] = sum
+		sum += c
+	}
+	hashes := make([]uint64, total)
+	owners := make([]T, total)
+	next := make([]uint32, 1<<bits) // the next free slot of each bucket
+	copy(next, lookup)
+	for i, s := range seeds {
+		for k := range counts[i] {
+			h := mix64(s + uint64(k+1)*golden)
+			b := h >> shift
+			hashes[next[b]], owners[next[b]] = h, T(i)
+			next[b]++
+		}
+	}
+	for b := range 1 << bits {
+		lo, hi := int(lookup[b]), int(lookup[b+1])
+		for i := lo + 1; i < hi; i++ {
+			h, o := hashes[i], owners[i]
+			j := i
+			for ; j > lo && (hashes[j-1] > h || hashes[j-1] == h && owners[j-1] > o); j-- {
+				hashes[j], owners[j] = hashes[j-1], owners[j-1]
+			}
+			hashes[j], owners[j] = h, o
+		}
+	}
+	return &ring[T]{hashes: hashes, owners: owners, lookup: lookup, shift: shift}
 }
+
+// golden is SplitMix64's increment, 2^64/φ.
+const golden = 0x9e3779b97f4a7c15
 
 // find returns the index of the first point at or after h, wrapping around.
 func (r *ring[T]) find(h uint64) int {

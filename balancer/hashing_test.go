@@ -2,7 +2,9 @@ package balancer
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/lodestar-go/lodestar/resolver"
 )
@@ -191,5 +193,44 @@ func TestMaglevTableSize(t *testing.T) {
 	// Entries are 16 bits below 65,535 endpoints: 128 KiB at the default size.
 	if p16 := hashPicker(t, &Maglev{}, testEndpoints(1000)).(*maglevPicker[uint16]); len(p16.table)*2 > 256<<10 {
 		t.Fatalf("default table %d bytes", len(p16.table)*2)
+	}
+}
+
+// find agrees with a binary search of the sorted ring, at the edges too.
+func TestRingFind(t *testing.T) {
+	eps := testEndpoints(37)
+	r := buildRing[uint16](eps, ringPoints(eps, 50, 1, 1<<20))
+	if !slices.IsSorted(r.hashes) {
+		t.Fatal("ring not sorted")
+	}
+	rnd := seededRand(8)
+	probe := []uint64{0, 1, ^uint64(0), r.hashes[0], r.hashes[len(r.hashes)-1], r.hashes[0] - 1, r.hashes[len(r.hashes)-1] + 1}
+	for range 100_000 {
+		probe = append(probe, rnd())
+	}
+	for i := 0; i < len(r.hashes); i += 7 {
+		probe = append(probe, r.hashes[i], r.hashes[i]+1, r.hashes[i]-1)
+	}
+	for _, h := range probe {
+		want, _ := slices.BinarySearch(r.hashes, h)
+		if want == len(r.hashes) {
+			want = 0
+		}
+		if got := r.find(h); got != want {
+			t.Fatalf("find(%x) = %d, want %d", h, got, want)
+		}
+	}
+}
+
+// Balance does not hang on the addresses' form.
+func TestRingBalanceOtherAddresses(t *testing.T) {
+	for _, form := range []string{"host-%d.svc.cluster.local:443", "[2001:db8::%x]:8080", "192.168.%d.1:80"} {
+		eps := make([]*Endpoint, 1000)
+		for i := range eps {
+			eps[i] = newEndpoint(resolver.Endpoint{Address: fmt.Sprintf(form, i)}, time.Unix(0, 0))
+		}
+		if r := maxMean(ringShares(hashPicker(t, &RingHash{}, eps), len(eps))); r > 1.10 {
+			t.Errorf("%s: max/mean %.3f > 1.10", form, r)
+		}
 	}
 }

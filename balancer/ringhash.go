@@ -5,21 +5,20 @@ import "fmt"
 func init() { Register("ring_hash", func() Algorithm { return &RingHash{} }) }
 
 // RingHash sends requests with the same affinity key to the same endpoint, and
-// when an endpoint joins or leaves moves only about 1/N of the keys (ketama
-// consistent hashing: each endpoint owns points on a ring of 64-bit xxhash
-// values, a key goes to the first point at or after its hash). Use it for cache
-// affinity (sessions, shards, per-user caches) when you need the ring's
-// property that a key's next endpoint is stable too, or when other clients
-// (Envoy) must agree on placement; otherwise Maglev picks faster from a smaller
-// table.
+// when an endpoint joins or leaves moves only the keys it owned, about 1/N of
+// them, and no other (ketama consistent hashing: each endpoint owns points on a
+// ring of 64-bit hash values; a key, hashed with xxhash, goes to the first
+// point at or after its hash). Use it for cache affinity (sessions, shards,
+// per-user caches) when no key may move between endpoints that stay; Maglev
+// moves up to ~1% more on a change but picks from a far smaller table.
 //
 // Balance takes many points: an endpoint's share of the keys varies by about
 // 1/√points, so the default of 2048 points per endpoint keeps the busiest
 // endpoint within 10% of the mean up to 1,000 endpoints (grpc-go's defaults,
 // 1024-4096 points in all, give 4.5× at 1,000). Weights scale an endpoint's
 // points. Picks cost a lookup in a prefix table plus a short scan, so they stay
-// fast on large rings; a rebuild hashes and sorts every point (tens of
-// milliseconds at a million points).
+// fast on large rings; a rebuild generates and sorts every point (tens of
+// milliseconds at two million points).
 //
 // JSON name "ring_hash"; options in JSON:
 // {"pointsPerEndpoint": 2048, "minRingSize": 1024, "maxRingSize": 4194304, "fallback": "random"}.

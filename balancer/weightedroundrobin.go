@@ -17,9 +17,9 @@ func init() {
 // robin, at the same cost.
 //
 // The order is an earliest-deadline-first schedule (endpoint i's k-th turn falls
-// at (k+½)/wᵢ, ties to the lower address), computed once per endpoint set into a
-// table that picks walk with one atomic counter: no lock, cost independent of
-// the number of endpoints. Weights are reduced by their greatest common divisor;
+// at (k+½)/wᵢ, ties to the lower address), computed once per endpoint set (in
+// linear time) into a table that picks walk with one atomic counter: no lock,
+// cost independent of the number of endpoints. Weights are reduced by their greatest common divisor;
 // a table whose period would exceed max(65536, 8·endpoints) entries is scaled
 // down to that, keeping every endpoint at least one turn (shares then round to
 // within 1/(period/endpoints) of exact).
@@ -106,43 +106,52 @@ func edfSequence(weights []uint64, limit int) []uint32 {
 			sum += w[i]
 		}
 	}
-	// Endpoint i's k-th turn is due at (2k+1)/(2wᵢ). A binary heap on that
-	// deadline, compared exactly as (2kₐ+1)·w_b < (2k_b+1)·wₐ.
-	turns := make([]uint64, len(w))
-	heap := make([]uint32, len(w))
-	for i := range heap {
-		heap[i] = uint32(i)
+	// Endpoint i's k-th turn (k = 0 ... wᵢ-1) is due at (2k+1)/(2wᵢ), in (0, 1);
+	// the period is every turn in order of due time, ties to the lower index.
+	// Due times are spread over (0, 1), so a bucket sort on them (one bucket a
+	// turn) with an insertion sort within buckets orders them in linear time.
+	// Each due time is one correctly rounded division, so equal fractions
+	// compare equal.
+	type turn struct {
+		due float64
+		i   uint32
 	}
-	less := func(a, b uint32) bool {
-		l, r := (2*turns[a]+1)*w[b], (2*turns[b]+1)*w[a]
-		return l < r || (l == r && a < b)
-	}
-	down := func(i int) {
-		n := len(heap)
-		for {
-			c := 2*i + 1
-			if c >= n {
-				return
-			}
-			if c+1 < n && less(heap[c+1], heap[c]) {
-				c++
-			}
-			if !less(heap[c], heap[i]) {
-				return
-			}
-			heap[i], heap[c] = heap[c], heap[i]
-			i = c
+	n := float64(sum)
+	bucket := func(due float64) int { return min(int(due*n), int(sum)-1) }
+	start := make([]uint32, sum+1)
+	for i := range w {
+		for k := range w[i] {
+			start[bucket(float64(2*k+1)/float64(2*w[i]))+1]++
 		}
 	}
-	for i := len(heap)/2 - 1; i >= 0; i-- {
-		down(i)
+	for b := 1; b < len(start); b++ {
+		start[b] += start[b-1]
+	}
+	turns := make([]turn, sum)
+	next := make([]uint32, sum)
+	copy(next, start)
+	for i := range w {
+		for k := range w[i] {
+			due := float64(2*k+1) / float64(2*w[i])
+			b := bucket(due)
+			turns[next[b]] = turn{due, uint32(i)}
+			next[b]++
+		}
 	}
 	seq := make([]uint32, sum)
-	for k := range seq {
-		top := heap[0]
-		seq[k] = top
-		turns[top]++
-		down(0)
+	for b := range int(sum) {
+		lo, hi := int(start[b]), int(start[b+1])
+		for x := lo + 1; x < hi; x++ { // turns of one endpoint arrive in order
+			t := turns[x]
+			y := x
+			for ; y > lo && (turns[y-1].due > t.due || turns[y-1].due == t.due && turns[y-1].i > t.i); y-- {
+				turns[y] = turns[y-1]
+			}
+			turns[y] = t
+		}
+		for x := lo; x < hi; x++ {
+			seq[x] = turns[x].i
+		}
 	}
 	return seq
 }

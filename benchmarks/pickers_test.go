@@ -253,6 +253,28 @@ func BenchmarkRebuild(b *testing.B) {
 	}
 }
 
+// BenchmarkRebuildOnUpdate measures a discovery update at 10,000 endpoints that
+// removes or restores one endpoint: validation, membership, the sorted set and
+// a new round robin picker.
+func BenchmarkRebuildOnUpdate(b *testing.B) {
+	const n = 10000
+	eng := newPickEngine(b, &lb.RoundRobin{}, n, false)
+	full := make([]resolver.Endpoint, n)
+	for i := range full {
+		full[i] = resolver.Endpoint{Address: pickAddr(i)}
+	}
+	short := full[:n-1]
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i&1 == 0 {
+			eng.Update(short)
+		} else {
+			eng.Update(full)
+		}
+	}
+}
+
 // BenchmarkMaglevBuild measures building the default 65,537-slot table.
 func BenchmarkMaglevBuild(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
