@@ -33,7 +33,9 @@ type keyless struct {
 	n    uint64
 	rand func() uint64
 	rr   bool
+	_    [64]byte // next, written by every keyless pick under round robin, on a line of its own
 	next atomic.Uint64
+	_    [56]byte
 }
 
 func (k *keyless) init(mode string, info BuildInfo) {

@@ -36,7 +36,9 @@ type rrPicker struct {
 	eps  []*Endpoint
 	n    uint32
 	ss   *slowStart // nil unless an endpoint ramps
+	_    [64]byte   // next, written by every pick, gets a cache line of its own
 	next atomic.Uint32
+	_    [60]byte
 }
 
 func (p *rrPicker) Pick(PickInfo) (*Endpoint, error) {

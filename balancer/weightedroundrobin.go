@@ -59,7 +59,9 @@ type wrrPicker struct {
 	seq  []uint32 // one period of the schedule, as indexes into eps
 	n    uint32
 	ss   *slowStart
+	_    [64]byte // next, written by every pick, gets a cache line of its own
 	next atomic.Uint32
+	_    [60]byte
 }
 
 func (p *wrrPicker) Pick(PickInfo) (*Endpoint, error) {
