@@ -635,3 +635,9 @@ func TestLeastRequestDistributionIsNotRoundRobin(t *testing.T) {
 		t.Fatal("P2C picks form a fixed cycle")
 	}
 }
+
+func TestCallFitsWithoutMallocHeader(t *testing.T) {
+	if n := lodestar.CallSize(); n > 512 {
+		t.Fatalf("call is %d bytes; above 512 Go allocates it with a malloc header (slower)", n)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"testing"
 
 	"github.com/lodestar-go/lodestar"
@@ -23,6 +24,25 @@ type noopTransport struct{}
 
 func (noopTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: 200, Body: emptyBody{}, Request: req}, nil
+}
+
+// rewriteTransport is the least any request-retargeting RoundTripper must do:
+// copy the request and its URL (the caller's must not be changed) and point the
+// copy at another host. It is the floor lodestar is compared with.
+type rewriteTransport struct {
+	base http.RoundTripper
+	host string
+}
+
+func (t rewriteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	type out struct {
+		req http.Request
+		url url.URL
+	}
+	o := &out{req: *req, url: *req.URL}
+	o.url.Host = t.host
+	o.req.URL = &o.url
+	return t.base.RoundTrip(&o.req)
 }
 
 func newLodestar(b *testing.B, base http.RoundTripper, addrs []string, alg balancer.Algorithm) *lodestar.Transport {
@@ -57,11 +77,31 @@ func roundTrip(b *testing.B, rt http.RoundTripper, req *http.Request) {
 }
 
 // BenchmarkRoundTripNoop measures the client-side cost lodestar adds to a
-// request: "bare" calls the no-op base directly, "lodestar" goes through the
-// Transport (lookup, pick, request copy, send, body tracking, report).
+// request: "bare" calls the no-op base directly; "copy" is the floor of any
+// retargeting RoundTripper (one copy of the request and URL); "lodestar" goes
+// through the Transport (lookup, pick, request copy, timing, send, body
+// tracking, report).
 func BenchmarkRoundTripNoop(b *testing.B) {
 	addrs := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"}
 	bare := noopTransport{}
+	copyOnly := &rewriteTransport{base: noopTransport{}, host: addrs[0]}
+	{
+		req, _ := http.NewRequest("GET", "http://svc/v1/item", nil)
+		b.Run("copy/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				roundTrip(b, copyOnly, req)
+			}
+		})
+		b.Run("copy/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					roundTrip(b, copyOnly, req)
+				}
+			})
+		})
+	}
 	for _, alg := range []balancer.Algorithm{&balancer.RoundRobin{}, &balancer.LeastRequest{}} {
 		ls := newLodestar(b, noopTransport{}, addrs, alg)
 		lsReq, _ := http.NewRequest("GET", "http://svc/v1/item", nil)
