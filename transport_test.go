@@ -572,11 +572,11 @@ func TestConfigJSON(t *testing.T) {
 		t.Fatalf("parsed %+v", cfg)
 	}
 	for js, want := range map[string]string{
-		`{"algoritm": "round_robin"}`:                      `unknown field "algoritm"`,
-		`{"algorithm": "fastest"}`:                         `unknown name "fastest"`,
-		`{"algorithm": {"least_request": {"choices": 3}}}`: `unknown field "choices"`,
+		`{"algoritm": "round_robin"}`:                          `unknown field "algoritm"`,
+		`{"algorithm": "fastest"}`:                             `unknown name "fastest"`,
+		`{"algorithm": {"least_request": {"choices": 3}}}`:     `unknown field "choices"`,
 		`{"algorithm": {"least_request": {"choiceCount": 1}}}`: "choiceCount: 1 is out of range [2, 100]",
-		`{"waitForEndpoints": "soon"}`:                     "waitForEndpoints",
+		`{"waitForEndpoints": "soon"}`:                         "waitForEndpoints",
 	} {
 		if _, err := balancer.ParseConfig([]byte(js)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseConfig(%s) = %v, want an error mentioning %q", js, err, want)
