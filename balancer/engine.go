@@ -153,28 +153,32 @@ func (e *Engine) Close() error {
 // that ends first gives the context's error.
 func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 	s := e.snap.Load()
+	err := s.err
 	if s.picker != nil {
-		ep, err := s.picker.Pick(info)
-		if err == nil {
-			if !s.selfCounting {
-				ep.inflight.Add(1)
-				if e.trackTotal {
-					e.total.Add(1)
-				}
-			}
+		var ep *Endpoint
+		if ep, err = s.picker.Pick(info); err == nil {
+			e.count(s, ep)
 			return ep, nil
 		}
-		if !errors.Is(err, ErrNoEndpoints) || e.cfg.WaitForEndpoints == 0 {
-			return nil, err
-		}
-	} else if e.cfg.WaitForEndpoints == 0 || s.err == ErrClosed {
-		return nil, s.err
 	}
-	return e.pickSlow(info, s)
+	if e.cfg.WaitForEndpoints == 0 || err == ErrClosed || !errors.Is(err, ErrNoEndpoints) {
+		return nil, err
+	}
+	return e.pickSlow(info, s, err)
 }
 
-// pickSlow waits for a snapshot with endpoints.
-func (e *Engine) pickSlow(info PickInfo, s *snapshot) (*Endpoint, error) {
+// count counts a pick from s in flight, unless s's picker counts for itself.
+func (e *Engine) count(s *snapshot, ep *Endpoint) {
+	if !s.selfCounting {
+		ep.inflight.Add(1)
+		if e.trackTotal {
+			e.total.Add(1)
+		}
+	}
+}
+
+// pickSlow waits for a snapshot with endpoints; err is why the last pick failed.
+func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, error) {
 	ctx := info.Ctx
 	if ctx == nil {
 		ctx = context.Background()
@@ -186,27 +190,18 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot) (*Endpoint, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
-			return nil, s.err
+			return nil, err
 		case <-s.changed:
 		}
-		s = e.snap.Load()
-		if s.picker == nil {
-			if s.err == ErrClosed {
-				return nil, s.err
-			}
-			continue
-		}
-		ep, err := s.picker.Pick(info)
-		if err == nil {
-			if !s.selfCounting {
-				ep.inflight.Add(1)
-				if e.trackTotal {
-					e.total.Add(1)
-				}
-			}
+		if s = e.snap.Load(); s.picker == nil {
+			err = s.err
+		} else if ep, perr := s.picker.Pick(info); perr == nil {
+			e.count(s, ep)
 			return ep, nil
+		} else {
+			err = perr
 		}
-		if !errors.Is(err, ErrNoEndpoints) {
+		if err == ErrClosed || !errors.Is(err, ErrNoEndpoints) {
 			return nil, err
 		}
 	}
