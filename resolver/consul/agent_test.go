@@ -47,7 +47,7 @@ func setHealth(t *testing.T, c *api.Client, id, status string) {
 // latency and returns it.
 func within(t *testing.T, what string, start time.Time, u update) time.Duration {
 	t.Helper()
-	d := u.at.Sub(start)
+	d := u.At.Sub(start)
 	t.Logf("%s reached the feed %v after the change", what, d.Round(100*time.Microsecond))
 	if d > followLimit {
 		t.Errorf("%s took %v to reach the feed, want ≤ %v", what, d, followLimit)
@@ -64,18 +64,6 @@ func newFeed(t *testing.T, opts Options) *Feed {
 	return f
 }
 
-// checkNoRepeats fails if two consecutive updates carry equal sets (the feed
-// must diff before publishing) or if any update is empty.
-func checkNoRepeats(t *testing.T, s *recSink) {
-	t.Helper()
-	ups, _, _ := s.snapshot()
-	for i := 1; i < len(ups); i++ {
-		if resolver.EqualSets(ups[i-1].eps, ups[i].eps) {
-			t.Errorf("updates %d and %d publish the same set %v", i-1, i, addrs(ups[i].eps))
-		}
-	}
-}
-
 func TestAgentFollowsRegistrationsAndHealth(t *testing.T) {
 	c, addr := needAgent(t)
 	const svc = "follow"
@@ -90,9 +78,9 @@ func TestAgentFollowsRegistrationsAndHealth(t *testing.T) {
 	instance(t, c, svc, "follow-warn", 21009, api.HealthWarning, nil)
 
 	s := watch(t, newFeed(t, Options{Service: svc, Address: addr, WaitTime: 30 * time.Second}))
-	u, i := s.waitUpdate(t, 0, 10*time.Second, "follow-1 and follow-2", hasAddrs("127.0.0.1:21001", "127.0.0.1:21002"))
+	u, i := s.WaitUpdate(t, 0, 10*time.Second, "follow-1 and follow-2", hasAddrs("127.0.0.1:21001", "127.0.0.1:21002"))
 
-	ep, _ := byAddr(u.eps, "127.0.0.1:21001")
+	ep, _ := byAddr(u.Endpoints, "127.0.0.1:21001")
 	if ep.Weight != 7 {
 		t.Errorf("follow-1 weight %d, want 7 (Weights.Passing)", ep.Weight)
 	}
@@ -113,47 +101,47 @@ func TestAgentFollowsRegistrationsAndHealth(t *testing.T) {
 	if ep.Metadata[MetaNode] == "" {
 		t.Errorf("follow-1 metadata has no %s: %v", MetaNode, ep.Metadata)
 	}
-	if ep2, _ := byAddr(u.eps, "127.0.0.1:21002"); ep2.Weight != 1 {
+	if ep2, _ := byAddr(u.Endpoints, "127.0.0.1:21002"); ep2.Weight != 1 {
 		t.Errorf("follow-2 weight %d, want Consul's default 1", ep2.Weight)
 	}
 
 	start := time.Now()
 	instance(t, c, svc, "follow-3", 21003, api.HealthPassing, nil)
-	u, i = s.waitUpdate(t, i+1, 5*time.Second, "follow-3 added", hasAddrs("127.0.0.1:21001", "127.0.0.1:21002", "127.0.0.1:21003"))
+	u, i = s.WaitUpdate(t, i+1, 5*time.Second, "follow-3 added", hasAddrs("127.0.0.1:21001", "127.0.0.1:21002", "127.0.0.1:21003"))
 	within(t, "a registration", start, u)
 
 	start = time.Now()
 	if err := c.Agent().ServiceDeregister("follow-2"); err != nil {
 		t.Fatal(err)
 	}
-	u, i = s.waitUpdate(t, i+1, 5*time.Second, "follow-2 gone", hasAddrs("127.0.0.1:21001", "127.0.0.1:21003"))
+	u, i = s.WaitUpdate(t, i+1, 5*time.Second, "follow-2 gone", hasAddrs("127.0.0.1:21001", "127.0.0.1:21003"))
 	within(t, "a deregistration", start, u)
 
 	start = time.Now()
 	setHealth(t, c, "follow-1", api.HealthCritical)
-	u, i = s.waitUpdate(t, i+1, 5*time.Second, "critical follow-1 gone", hasAddrs("127.0.0.1:21003"))
+	u, i = s.WaitUpdate(t, i+1, 5*time.Second, "critical follow-1 gone", hasAddrs("127.0.0.1:21003"))
 	within(t, "a check turning critical", start, u)
 
 	start = time.Now()
 	setHealth(t, c, "follow-1", api.HealthPassing)
-	u, i = s.waitUpdate(t, i+1, 5*time.Second, "follow-1 back", hasAddrs("127.0.0.1:21001", "127.0.0.1:21003"))
+	u, i = s.WaitUpdate(t, i+1, 5*time.Second, "follow-1 back", hasAddrs("127.0.0.1:21001", "127.0.0.1:21003"))
 	within(t, "a check turning passing", start, u)
 
 	start = time.Now()
 	setHealth(t, c, "follow-3", api.HealthWarning)
-	u, i = s.waitUpdate(t, i+1, 5*time.Second, "warning follow-3 gone", hasAddrs("127.0.0.1:21001"))
+	u, i = s.WaitUpdate(t, i+1, 5*time.Second, "warning follow-3 gone", hasAddrs("127.0.0.1:21001"))
 	within(t, "a check turning warning", start, u)
 
 	start = time.Now()
 	if err := c.Agent().EnableServiceMaintenance("follow-1", "test"); err != nil {
 		t.Fatal(err)
 	}
-	u, i = s.waitUpdate(t, i+1, 5*time.Second, "follow-1 in maintenance gone", hasAddrs())
+	u, i = s.WaitUpdate(t, i+1, 5*time.Second, "follow-1 in maintenance gone", hasAddrs())
 	within(t, "maintenance mode", start, u)
 	if err := c.Agent().DisableServiceMaintenance("follow-1"); err != nil {
 		t.Fatal(err)
 	}
-	s.waitUpdate(t, i+1, 5*time.Second, "follow-1 out of maintenance", hasAddrs("127.0.0.1:21001"))
+	s.WaitUpdate(t, i+1, 5*time.Second, "follow-1 out of maintenance", hasAddrs("127.0.0.1:21001"))
 
 	// A change to an instance's metadata arrives too.
 	start = time.Now()
@@ -161,7 +149,7 @@ func TestAgentFollowsRegistrationsAndHealth(t *testing.T) {
 		r.Weights = &api.AgentWeights{Passing: 3, Warning: 1}
 		r.Meta = map[string]string{"version": "1.5"}
 	})
-	u, _ = s.waitUpdate(t, 0, 5*time.Second, "follow-1 at version 1.5", func(eps []resolver.Endpoint) bool {
+	u, _ = s.WaitUpdate(t, 0, 5*time.Second, "follow-1 at version 1.5", func(eps []resolver.Endpoint) bool {
 		ep, ok := byAddr(eps, "127.0.0.1:21001")
 		return ok && ep.Metadata["version"] == "1.5" && ep.Weight == 3
 	})
@@ -185,14 +173,14 @@ func TestAgentIncludeWarning(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := watch(t, f)
-	u, i := s.waitUpdate(t, 0, 10*time.Second, "passing and warning instances", hasAddrs("127.0.0.1:22001", "127.0.0.1:22002"))
-	if ep, _ := byAddr(u.eps, "127.0.0.1:22002"); ep.Weight != 4 || ep.Metadata[MetaHealth] != api.HealthWarning {
+	u, i := s.WaitUpdate(t, 0, 10*time.Second, "passing and warning instances", hasAddrs("127.0.0.1:22001", "127.0.0.1:22002"))
+	if ep, _ := byAddr(u.Endpoints, "127.0.0.1:22002"); ep.Weight != 4 || ep.Metadata[MetaHealth] != api.HealthWarning {
 		t.Errorf("warning instance: weight %d health %q, want 4 (Weights.Warning) and warning", ep.Weight, ep.Metadata[MetaHealth])
 	}
 
 	start := time.Now()
 	setHealth(t, c, "warn-1", api.HealthWarning)
-	u, _ = s.waitUpdate(t, i+1, 5*time.Second, "warn-1 at its warning weight", func(eps []resolver.Endpoint) bool {
+	u, _ = s.WaitUpdate(t, i+1, 5*time.Second, "warn-1 at its warning weight", func(eps []resolver.Endpoint) bool {
 		ep, ok := byAddr(eps, "127.0.0.1:22001")
 		return ok && ep.Weight == 3
 	})
@@ -200,7 +188,7 @@ func TestAgentIncludeWarning(t *testing.T) {
 
 	start = time.Now()
 	setHealth(t, c, "warn-2", api.HealthCritical)
-	u, _ = s.waitUpdate(t, i+1, 5*time.Second, "critical warn-2 gone", hasAddrs("127.0.0.1:22001"))
+	u, _ = s.WaitUpdate(t, i+1, 5*time.Second, "critical warn-2 gone", hasAddrs("127.0.0.1:22001"))
 	within(t, "a warning→critical change", start, u)
 
 	// A warning weight of 0 means no traffic while warning.
@@ -208,12 +196,12 @@ func TestAgentIncludeWarning(t *testing.T) {
 		r.Weights = &api.AgentWeights{Passing: 1, Warning: 0}
 	})
 	instance(t, c, svc, "warn-marker", 22005, api.HealthPassing, nil)
-	u, _ = s.waitUpdate(t, i+1, 5*time.Second, "warn-marker", func(eps []resolver.Endpoint) bool {
+	u, _ = s.WaitUpdate(t, i+1, 5*time.Second, "warn-marker", func(eps []resolver.Endpoint) bool {
 		_, ok := byAddr(eps, "127.0.0.1:22005")
 		return ok
 	})
-	if _, ok := byAddr(u.eps, "127.0.0.1:22004"); ok {
-		t.Errorf("an instance warning with Weights.Warning 0 is served: %v", addrs(u.eps))
+	if _, ok := byAddr(u.Endpoints, "127.0.0.1:22004"); ok {
+		t.Errorf("an instance warning with Weights.Warning 0 is served: %v", addrs(u.Endpoints))
 	}
 	checkNoRepeats(t, s)
 }
@@ -240,14 +228,14 @@ func TestAgentTagsAndFilterFromTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := watch(t, f)
-	_, i := s.waitUpdate(t, 0, 10*time.Second, "the one instance with both tags and the stable track", hasAddrs("127.0.0.1:23001"))
+	_, i := s.WaitUpdate(t, 0, 10*time.Second, "the one instance with both tags and the stable track", hasAddrs("127.0.0.1:23001"))
 
 	start := time.Now()
 	instance(t, c, svc, "tagged-4", 23004, api.HealthPassing, func(r *api.AgentServiceRegistration) {
 		r.Tags = []string{"blue", "v2", "extra"}
 		r.Meta = map[string]string{"track": "stable"}
 	})
-	u, _ := s.waitUpdate(t, i+1, 5*time.Second, "tagged-4", hasAddrs("127.0.0.1:23001", "127.0.0.1:23004"))
+	u, _ := s.WaitUpdate(t, i+1, 5*time.Second, "tagged-4", hasAddrs("127.0.0.1:23001", "127.0.0.1:23004"))
 	within(t, "a matching registration", start, u)
 	checkNoRepeats(t, s)
 }
@@ -366,7 +354,7 @@ func TestAgentRestart(t *testing.T) {
 	go func() { defer close(done); _ = f.Watch(ctx, tee{rec, eng}) }()
 	defer func() { cancel(); <-done }()
 
-	_, i := rec.waitUpdate(t, 0, 10*time.Second, "both instances", hasAddrs("127.0.0.1:25001", "127.0.0.1:25002"))
+	_, i := rec.WaitUpdate(t, 0, 10*time.Second, "both instances", hasAddrs("127.0.0.1:25001", "127.0.0.1:25002"))
 
 	shared.mu.Lock()
 	old := shared.srv
@@ -378,8 +366,8 @@ func TestAgentRestart(t *testing.T) {
 		t.Logf("agent stop: %v", err)
 	}
 	t.Logf("agent stopped in %v", time.Since(stopAt).Round(time.Millisecond))
-	_, errs0, _ := rec.snapshot()
-	errs := rec.waitErrors(t, len(errs0)+3, 10*time.Second)
+	_, errs0, _ := rec.Snapshot()
+	errs := rec.WaitErrors(t, len(errs0)+3, 10*time.Second)
 	t.Logf("with the agent down: %d errors reported, e.g. %v", len(errs)-len(errs0), errs[len(errs)-1])
 	for range 5 { // picks keep being served from the last good set
 		ep, err := eng.Pick(balancer.PickInfo{Ctx: context.Background()})
@@ -391,10 +379,10 @@ func TestAgentRestart(t *testing.T) {
 	if got := len(eng.Eligible()); got != 2 {
 		t.Errorf("engine has %d eligible endpoints with the agent down, want the last good 2", got)
 	}
-	if ups, _, _ := rec.snapshot(); len(ups) != i+1 {
+	if ups, _, _ := rec.Snapshot(); len(ups) != i+1 {
 		t.Errorf("the feed published %d update(s) with the agent down: %v", len(ups)-i-1, ups[i+1:])
 	}
-	if ups, _, _ := other.snapshot(); len(ups) != 1 {
+	if ups, _, _ := other.Snapshot(); len(ups) != 1 {
 		t.Errorf("the second watch published %d updates, want 1 (before the outage)", len(ups))
 	}
 
@@ -407,7 +395,7 @@ func TestAgentRestart(t *testing.T) {
 	shared.mu.Lock()
 	shared.srv, shared.client, shared.stopped = srv, c2, false
 	shared.mu.Unlock()
-	if ups, _, _ := rec.snapshot(); len(ups) != i+1 {
+	if ups, _, _ := rec.Snapshot(); len(ups) != i+1 {
 		// A fresh dev agent knows no services: the feed may rightly report the
 		// empty set before they are registered again; the engine keeps the
 		// last non-empty one unless AllowEmpty.
@@ -417,15 +405,15 @@ func TestAgentRestart(t *testing.T) {
 	start := time.Now()
 	instance(t, c2, svc, "restart-1", 25001, api.HealthPassing, nil)
 	instance(t, c2, svc, "restart-3", 25003, api.HealthPassing, nil)
-	u, _ := rec.waitUpdate(t, i+1, 5*time.Second, "the new agent's instances", hasAddrs("127.0.0.1:25001", "127.0.0.1:25003"))
-	t.Logf("the new agent's set reached the feed %v after registration", u.at.Sub(start).Round(100*time.Microsecond))
-	ups, _, _ := rec.snapshot()
+	u, _ := rec.WaitUpdate(t, i+1, 5*time.Second, "the new agent's instances", hasAddrs("127.0.0.1:25001", "127.0.0.1:25003"))
+	t.Logf("the new agent's set reached the feed %v after registration", u.At.Sub(start).Round(100*time.Microsecond))
+	ups, _, _ := rec.Snapshot()
 	for _, u := range ups[i+1:] {
-		t.Logf("update %v after re-registration: %v", u.at.Sub(start).Round(100*time.Microsecond), addrs(u.eps))
+		t.Logf("update %v after re-registration: %v", u.At.Sub(start).Round(100*time.Microsecond), addrs(u.Endpoints))
 	}
 	// Not the 1s requirement: a query that reaches the new agent during its
 	// leader election is held and retried by Consul itself (rpc_hold_timeout).
-	if d := u.at.Sub(start); d > 5*time.Second {
+	if d := u.At.Sub(start); d > 5*time.Second {
 		t.Errorf("the feed took %v to follow the new agent", d)
 	}
 	deadline := time.Now().Add(5 * time.Second)

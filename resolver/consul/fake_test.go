@@ -129,7 +129,7 @@ func TestFakeIndexRules(t *testing.T) {
 		reply{hang: true},
 	)
 	s := watch(t, newFeed(t, fastOptions(fa.URL)))
-	s.waitUpdate(t, 0, 5*time.Second, "ports 1 and 3", hasAddrs("127.0.0.1:1", "127.0.0.1:3"))
+	s.WaitUpdate(t, 0, 5*time.Second, "ports 1 and 3", hasAddrs("127.0.0.1:1", "127.0.0.1:3"))
 	qs := fa.waitQueries(t, 6)
 	want := []string{"", "10", "12", "", "1", "7"}
 	for i, w := range want {
@@ -143,10 +143,10 @@ func TestFakeIndexRules(t *testing.T) {
 	if !qs[0].passing {
 		t.Errorf("the query does not ask for passing instances only")
 	}
-	ups, errs, _ := s.snapshot()
+	ups, errs, _ := s.Snapshot()
 	var got [][]string
 	for _, u := range ups {
-		got = append(got, addrs(u.eps))
+		got = append(got, addrs(u.Endpoints))
 	}
 	if len(ups) != 3 {
 		t.Errorf("updates %v, want 3 (the unchanged answers publish nothing)", got)
@@ -167,8 +167,8 @@ func TestFakeErrorsKeepLastSet(t *testing.T) {
 		reply{hang: true},
 	)
 	s := watch(t, newFeed(t, fastOptions(fa.URL)))
-	s.waitUpdate(t, 0, 5*time.Second, "port 2 alone", hasAddrs("127.0.0.1:2"))
-	ups, errs, _ := s.snapshot()
+	s.WaitUpdate(t, 0, 5*time.Second, "port 2 alone", hasAddrs("127.0.0.1:2"))
+	ups, errs, _ := s.Snapshot()
 	if len(ups) != 2 {
 		t.Errorf("%d updates, want 2 (errors publish nothing): %v", len(ups), ups)
 	}
@@ -199,7 +199,7 @@ func TestFakeHangingQueryCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Watch(ctx, s) }()
-	s.waitUpdate(t, 0, 5*time.Second, "port 1", hasAddrs("127.0.0.1:1"))
+	s.WaitUpdate(t, 0, 5*time.Second, "port 1", hasAddrs("127.0.0.1:1"))
 	fa.waitQueries(t, 2)
 	start := time.Now()
 	cancel()
@@ -212,7 +212,7 @@ func TestFakeHangingQueryCancel(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Watch did not return within 2s of cancel with a hanging query")
 	}
-	if _, errs, _ := s.snapshot(); len(errs) != 0 {
+	if _, errs, _ := s.Snapshot(); len(errs) != 0 {
 		t.Errorf("cancel reported errors: %v", errs)
 	}
 
@@ -237,8 +237,8 @@ func TestFakeHungQueryTimesOut(t *testing.T) {
 	opts.WaitTime = 50 * time.Millisecond
 	opts.ResponseTimeout = 100 * time.Millisecond
 	s := watch(t, newFeed(t, opts))
-	s.waitUpdate(t, 0, 5*time.Second, "port 2 after the hung query", hasAddrs("127.0.0.1:2"))
-	_, errs, _ := s.snapshot()
+	s.WaitUpdate(t, 0, 5*time.Second, "port 2 after the hung query", hasAddrs("127.0.0.1:2"))
+	_, errs, _ := s.Snapshot()
 	if len(errs) != 1 || !errorsContain(errs, "no answer within") {
 		t.Errorf("errors %v, want one for the hung query", errs)
 	}
@@ -260,7 +260,7 @@ func TestFakeRateLimit(t *testing.T) {
 	opts := fastOptions(srv.URL)
 	opts.QueryRate = 20
 	s := watch(t, newFeed(t, opts))
-	s.waitUpdate(t, 0, 5*time.Second, "the empty set", hasAddrs())
+	s.WaitUpdate(t, 0, 5*time.Second, "the empty set", hasAddrs())
 	time.Sleep(500 * time.Millisecond) // measuring a rate: the duration is the point
 	mu.Lock()
 	got := n
@@ -269,7 +269,7 @@ func TestFakeRateLimit(t *testing.T) {
 	if got < 5 || got > 15 {
 		t.Errorf("%d queries in ~500ms at QueryRate 20 (burst 2), want about 12", got)
 	}
-	if ups, _, _ := s.snapshot(); len(ups) != 1 {
+	if ups, _, _ := s.Snapshot(); len(ups) != 1 {
 		t.Errorf("%d updates for an unchanging empty answer, want 1", len(ups))
 	}
 }
@@ -303,8 +303,8 @@ func TestFakeIncludeWarningFiltersClientSide(t *testing.T) {
 	opts := fastOptions(srv.URL)
 	opts.IncludeWarning = true
 	s := watch(t, newFeed(t, opts))
-	u, _ := s.waitUpdate(t, 0, 5*time.Second, "passing and warning", hasAddrs("127.0.0.1:1", "127.0.0.1:2"))
-	if ep, _ := byAddr(u.eps, "127.0.0.1:2"); ep.Weight != 2 {
+	u, _ := s.WaitUpdate(t, 0, 5*time.Second, "passing and warning", hasAddrs("127.0.0.1:1", "127.0.0.1:2"))
+	if ep, _ := byAddr(u.Endpoints, "127.0.0.1:2"); ep.Weight != 2 {
 		t.Errorf("warning weight %d, want 2", ep.Weight)
 	}
 	mu.Lock()

@@ -2,13 +2,11 @@ package consul
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -18,8 +16,6 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/consul/sdk/testutil"
 	"go.uber.org/goleak"
-
-	"github.com/lodestar-go/lodestar/resolver"
 )
 
 // The package's tests share one real Consul dev agent, started by TestMain on
@@ -275,136 +271,6 @@ func (b *lockedBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); retur
 func (b *lockedBuffer) Len() int       { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.Len() }
 
 // ---- a recording Sink and a running feed ----
-
-type update struct {
-	at  time.Time
-	eps []resolver.Endpoint
-}
-
-// recSink records every Update and ReportError with its time.
-type recSink struct {
-	mu      sync.Mutex
-	updates []update
-	errs    []error
-	changed chan struct{} // closed and replaced on every call
-}
-
-func newRecSink() *recSink { return &recSink{changed: make(chan struct{})} }
-
-func (s *recSink) Update(eps []resolver.Endpoint) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.updates = append(s.updates, update{time.Now(), eps})
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
-
-func (s *recSink) ReportError(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.errs = append(s.errs, err)
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
-
-func (s *recSink) snapshot() ([]update, []error, chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.updates), slices.Clone(s.errs), s.changed
-}
-
-// waitUpdate waits up to timeout for an update at index ≥ from that satisfies
-// ok, and returns it with its index.
-func (s *recSink) waitUpdate(t *testing.T, from int, timeout time.Duration, what string, ok func([]resolver.Endpoint) bool) (update, int) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		ups, errs, changed := s.snapshot()
-		for i := from; i < len(ups); i++ {
-			if ok(ups[i].eps) {
-				return ups[i], i
-			}
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			var last []resolver.Endpoint
-			if len(ups) > 0 {
-				last = ups[len(ups)-1].eps
-			}
-			t.Fatalf("no update with %s within %v; last set %v; errors %v", what, timeout, addrs(last), errs)
-		}
-	}
-}
-
-// waitErrors waits up to timeout until at least n errors were reported.
-func (s *recSink) waitErrors(t *testing.T, n int, timeout time.Duration) []error {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		_, errs, changed := s.snapshot()
-		if len(errs) >= n {
-			return errs
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("%d errors reported within %v, want %d: %v", len(errs), timeout, n, errs)
-		}
-	}
-}
-
-// watch runs f.Watch into a new recSink until the test ends, then checks that
-// Watch returns promptly with the context's error.
-func watch(t *testing.T, f resolver.Feed) *recSink {
-	t.Helper()
-	s := newRecSink()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Watch(ctx, s) }()
-	t.Cleanup(func() {
-		cancel()
-		start := time.Now()
-		select {
-		case err := <-done:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("Watch returned %v, want context.Canceled", err)
-			}
-			if d := time.Since(start); d > 500*time.Millisecond {
-				t.Errorf("Watch took %v to return after cancel", d)
-			}
-		case <-time.After(5 * time.Second):
-			buf := make([]byte, 1<<16)
-			t.Errorf("Watch did not return within 5s of cancel:\n%s", buf[:runtime.Stack(buf, true)])
-		}
-	})
-	return s
-}
-
-func addrs(eps []resolver.Endpoint) []string {
-	out := make([]string, len(eps))
-	for i, ep := range eps {
-		out[i] = ep.Address
-	}
-	slices.Sort(out)
-	return out
-}
-
-func hasAddrs(want ...string) func([]resolver.Endpoint) bool {
-	slices.Sort(want)
-	return func(eps []resolver.Endpoint) bool { return slices.Equal(addrs(eps), want) }
-}
-
-func byAddr(eps []resolver.Endpoint, addr string) (resolver.Endpoint, bool) {
-	for _, ep := range eps {
-		if ep.Address == addr {
-			return ep, true
-		}
-	}
-	return resolver.Endpoint{}, false
-}
 
 func errorsContain(errs []error, sub string) bool {
 	for _, err := range errs {

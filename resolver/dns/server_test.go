@@ -1,19 +1,13 @@
 package dns
 
 import (
-	"context"
-	"errors"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	mdns "github.com/miekg/dns"
 	"go.uber.org/goleak"
-
-	"github.com/lodestar-go/lodestar/resolver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -151,146 +145,3 @@ func (z *zone) count(name string, qtype uint16) int {
 }
 
 // ---- a recording Sink ----
-
-type update struct {
-	at  time.Time
-	eps []resolver.Endpoint
-}
-
-type recSink struct {
-	mu      sync.Mutex
-	updates []update
-	errs    []error
-	changed chan struct{}
-}
-
-func newRecSink() *recSink { return &recSink{changed: make(chan struct{})} }
-
-func (s *recSink) Update(eps []resolver.Endpoint) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.updates = append(s.updates, update{time.Now(), eps})
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
-
-func (s *recSink) ReportError(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.errs = append(s.errs, err)
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
-
-func (s *recSink) snapshot() ([]update, []error, chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.updates), slices.Clone(s.errs), s.changed
-}
-
-func (s *recSink) waitUpdate(t *testing.T, from int, timeout time.Duration, what string, ok func([]resolver.Endpoint) bool) (update, int) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		ups, errs, changed := s.snapshot()
-		for i := from; i < len(ups); i++ {
-			if ok(ups[i].eps) {
-				return ups[i], i
-			}
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			var last []resolver.Endpoint
-			if len(ups) > 0 {
-				last = ups[len(ups)-1].eps
-			}
-			t.Fatalf("no update with %s within %v; last set %v; errors %v", what, timeout, addrs(last), errs)
-		}
-	}
-}
-
-func (s *recSink) waitErrors(t *testing.T, n int, timeout time.Duration) []error {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		_, errs, changed := s.snapshot()
-		if len(errs) >= n {
-			return errs
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("%d errors within %v, want %d: %v", len(errs), timeout, n, errs)
-		}
-	}
-}
-
-// watch runs f.Watch into a new recSink until the test ends, then checks it
-// returns promptly with the context's error.
-func watch(t *testing.T, f resolver.Feed) *recSink {
-	t.Helper()
-	s := newRecSink()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Watch(ctx, s) }()
-	t.Cleanup(func() {
-		cancel()
-		start := time.Now()
-		select {
-		case err := <-done:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("Watch returned %v, want context.Canceled", err)
-			}
-			if d := time.Since(start); d > 500*time.Millisecond {
-				t.Errorf("Watch took %v to return after cancel", d)
-			}
-		case <-time.After(5 * time.Second):
-			t.Errorf("Watch did not return within 5s of cancel")
-		}
-	})
-	return s
-}
-
-func addrs(eps []resolver.Endpoint) []string {
-	out := make([]string, len(eps))
-	for i, ep := range eps {
-		out[i] = ep.Address
-	}
-	slices.Sort(out)
-	return out
-}
-
-func hasAddrs(want ...string) func([]resolver.Endpoint) bool {
-	slices.Sort(want)
-	return func(eps []resolver.Endpoint) bool { return slices.Equal(addrs(eps), want) }
-}
-
-func byAddr(eps []resolver.Endpoint, addr string) (resolver.Endpoint, bool) {
-	for _, ep := range eps {
-		if ep.Address == addr {
-			return ep, true
-		}
-	}
-	return resolver.Endpoint{}, false
-}
-
-func checkNoRepeats(t *testing.T, s *recSink) {
-	t.Helper()
-	ups, _, _ := s.snapshot()
-	for i := 1; i < len(ups); i++ {
-		if resolver.EqualSets(ups[i-1].eps, ups[i].eps) {
-			t.Errorf("updates %d and %d publish the same set %v", i-1, i, addrs(ups[i].eps))
-		}
-	}
-	for i, u := range ups {
-		if len(u.eps) == 0 {
-			t.Errorf("update %d is empty", i)
-		}
-		if err := resolver.ValidateSet(u.eps); err != nil {
-			t.Errorf("update %d: %v", i, err)
-		}
-	}
-}
