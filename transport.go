@@ -68,10 +68,11 @@ type Options struct {
 // UnknownServiceError is returned for a request whose host names no service
 // when Options.PassThrough is off.
 type UnknownServiceError struct {
-	Host  string
-	Known []string
+	Host  string   // the request URL's host
+	Known []string // the configured service names, sorted
 }
 
+// Error names the host and the configured services.
 func (e *UnknownServiceError) Error() string {
 	return fmt.Sprintf("lodestar: host %q is not a configured service (services: %s)", e.Host, strings.Join(e.Known, ", "))
 }

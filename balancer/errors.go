@@ -23,6 +23,7 @@ type NoEndpointsError struct {
 	FeedErr error
 }
 
+// Error says which service has no endpoint and why.
 func (e *NoEndpointsError) Error() string {
 	s := fmt.Sprintf("lodestar: no endpoints available for %q: %s", e.Service, e.Reason)
 	if e.FeedErr != nil {
