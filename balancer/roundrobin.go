@@ -23,12 +23,14 @@ func (a *RoundRobin) Validate() error { return a.SlowStart.Validate() }
 
 // Build returns a round robin picker over info.Endpoints.
 func (a *RoundRobin) Build(info BuildInfo) Picker {
-	return newRRPicker(info, newSlowStart(a.SlowStart, info))
+	return newRRPicker(info.Endpoints, info.Rand, newSlowStart(a.SlowStart, info))
 }
 
-func newRRPicker(info BuildInfo, ss *slowStart) *rrPicker {
-	p := &rrPicker{eps: info.Endpoints, n: uint32(len(info.Endpoints)), ss: ss}
-	p.next.Store(uint32(info.Rand() % uint64(p.n)))
+// newRRPicker returns a picker that cycles through cycle, starting at a random
+// place. Weighted round robin uses it too, over one period of its schedule.
+func newRRPicker(cycle []*Endpoint, rand func() uint64, ss *slowStart) *rrPicker {
+	p := &rrPicker{eps: cycle, n: uint32(len(cycle)), ss: ss}
+	p.next.Store(uint32(rand() % uint64(p.n)))
 	return p
 }
 

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"math"
-	"sync/atomic"
 )
 
 func init() {
@@ -46,44 +45,16 @@ func (a *WeightedRoundRobin) Build(info BuildInfo) Picker {
 		equal = equal && weights[i] == weights[0]
 	}
 	if equal {
-		return newRRPicker(info, ss)
+		return newRRPicker(info.Endpoints, info.Rand, ss)
 	}
+	// One period of the schedule, as the endpoints themselves: a pick is then
+	// exactly a round robin pick over it.
 	seq := edfSequence(weights, max(1<<16, 8*len(weights)))
-	p := &wrrPicker{eps: info.Endpoints, seq: seq, n: uint32(len(seq)), ss: ss}
-	p.next.Store(uint32(info.Rand() % uint64(p.n)))
-	return p
-}
-
-type wrrPicker struct {
-	eps  []*Endpoint
-	seq  []uint32 // one period of the schedule, as indexes into eps
-	n    uint32
-	ss   *slowStart
-	_    [64]byte // next, written by every pick, gets a cache line of its own
-	next atomic.Uint32
-	_    [60]byte
-}
-
-func (p *wrrPicker) Pick(PickInfo) (*Endpoint, error) {
-	ep := p.eps[p.seq[(p.next.Add(1)-1)%p.n]]
-	if p.ss != nil {
-		return p.ramp(ep), nil
+	cycle := make([]*Endpoint, len(seq))
+	for i, x := range seq {
+		cycle[i] = info.Endpoints[x]
 	}
-	return ep, nil
-}
-
-func (p *wrrPicker) ramp(ep *Endpoint) *Endpoint {
-	now, ok := p.ss.active()
-	if !ok {
-		return ep
-	}
-	for range maxRejects {
-		if p.ss.accept(p.ss.factor(ep, now)) {
-			break
-		}
-		ep = p.eps[p.seq[(p.next.Add(1)-1)%p.n]]
-	}
-	return ep
+	return newRRPicker(cycle, info.Rand, ss)
 }
 
 // edfSequence returns one period of the smooth weighted schedule for weights
