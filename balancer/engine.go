@@ -28,6 +28,11 @@ type Options struct {
 	Rand func() uint64
 	// Logger receives membership changes and discovery errors. Default slog.Default().
 	Logger *slog.Logger
+	// InitialConditions are the conditions a newly discovered endpoint starts
+	// with. The gRPC policy starts endpoints NotConnected, so that none is
+	// picked before its connection is ready and marking them costs no rebuild.
+	// Default none: a new endpoint is eligible at once.
+	InitialConditions Condition
 	// OnDrained is called, once, when an endpoint that discovery removed has no
 	// request in flight any more; the HTTP front door closes its idle
 	// connections then. It runs on the goroutine that finished the last request
@@ -298,6 +303,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 			ep.setCondition(removed, false, now)
 		} else {
 			ep = newEndpoint(info, now)
+			ep.conds.Store(uint32(e.opts.InitialConditions &^ removed))
 		}
 		e.endpoints[info.Address] = ep
 		newEps = append(newEps, ep)

@@ -212,6 +212,8 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	if p.eng == nil || cfg.key != p.cfgKey {
 		eng, err := balancer.NewEngine(cfg.cfg, balancer.Options{
 			Service: p.service, Logger: p.opts.Logger, Rand: p.opts.Rand,
+			// Not eligible until its child reports READY (syncEngineLocked).
+			InitialConditions: balancer.NotConnected,
 		})
 		if err != nil { // ParseConfig validated it; kept for safety
 			p.mu.Unlock()
