@@ -17,6 +17,7 @@ import (
 
 	"github.com/lodestar-go/lodestar/balancer"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/internal/monotime"
 	"github.com/lodestar-go/lodestar/resolver"
 )
 
@@ -280,10 +281,6 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return svc.send(ctx, req, ep)
 }
 
-// epoch anchors request timing: time.Since(epoch) reads only the monotonic
-// clock, half the cost of time.Now on virtual machines.
-var epoch = time.Now()
-
 // call is everything one attempt needs, in one allocation: the outgoing copy of
 // the request and its URL, and the response body wrapper that reports the
 // outcome when the body is done. It is kept within 512 bytes (http.Request and
@@ -295,7 +292,7 @@ type call struct {
 	ep    *balancer.Endpoint
 	body  io.ReadCloser
 	lat   time.Duration // request sent → response headers (or error)
-	end   time.Duration // when the headers arrived, as time.Since(epoch)
+	end   time.Duration // when the headers arrived, as a monotime reading
 	code  int32
 	class outcome.Class
 	done  atomic.Bool
@@ -313,13 +310,13 @@ func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endp
 	} else if c.req.Host == "" {
 		c.req.Host = req.URL.Host
 	}
-	start := time.Since(epoch) // one monotonic clock read (time.Now takes two)
+	start := monotime.Now()
 	resp, err := s.rt.RoundTrip(&c.req)
-	c.end = time.Since(epoch)
+	c.end = monotime.Now()
 	c.lat = c.end - start
 	if err != nil {
 		class := s.classify(ctx, nil, err)
-		s.engine.Done(ep, outcome.Outcome{Class: class, Latency: c.lat, At: epoch.Add(c.end), Err: err})
+		s.engine.Done(ep, outcome.Outcome{Class: class, Latency: c.lat, At: monotime.Time(c.end), Err: err})
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -342,7 +339,7 @@ func (c *call) finish(readErr error) {
 	if !c.done.CompareAndSwap(false, true) {
 		return
 	}
-	o := outcome.Outcome{Class: c.class, Latency: c.lat, At: epoch.Add(c.end), Code: int(c.code)}
+	o := outcome.Outcome{Class: c.class, Latency: c.lat, At: monotime.Time(c.end), Code: int(c.code)}
 	if readErr != nil && readErr != io.EOF {
 		o.Err = readErr
 		if !o.Class.Failure() {

@@ -82,6 +82,7 @@ import (
 
 	"github.com/lodestar-go/lodestar/balancer"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/internal/monotime"
 	"github.com/lodestar-go/lodestar/resolver"
 	"github.com/lodestar-go/lodestar/resolver/grpcresolver"
 )
@@ -393,7 +394,7 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 	c := callPool.Get().(*call)
 	c.eng, c.ep, c.ctx, c.method, c.classify = pk.eng, ep, info.Ctx, info.FullMethodName, pk.classify
 	c.childDone = res.Done
-	c.start = time.Now()
+	c.start = monotime.Now()
 	res.Done = c.done
 	return res, nil
 }
@@ -467,7 +468,7 @@ type call struct {
 	method    string
 	classify  Classifier
 	childDone func(grpcbalancer.DoneInfo)
-	start     time.Time
+	start     time.Duration // monotime reading at the pick
 	done      func(grpcbalancer.DoneInfo)
 }
 
@@ -484,7 +485,8 @@ func init() {
 // finish reports the RPC's outcome to the engine and returns the record to
 // the pool. grpc calls it once per successful pick.
 func (c *call) finish(di grpcbalancer.DoneInfo) {
-	o := outcome.Outcome{Latency: time.Since(c.start), Err: di.Err}
+	end := monotime.Now()
+	o := outcome.Outcome{Latency: end - c.start, At: monotime.Time(end), Err: di.Err}
 	switch {
 	case di.Err == nil && !di.BytesSent:
 		o.Class = outcome.NotSent
