@@ -81,5 +81,12 @@ func buildStatic(u *url.URL) (Feed, error) {
 	if list == "" {
 		return nil, fmt.Errorf("static target: no addresses (want static:///host:port,host:port)")
 	}
-	return NewStaticAddrs(strings.Split(list, ",")...)
+	var eps []Endpoint
+	for _, a := range strings.Split(list, ",") {
+		eps = append(eps, Endpoint{Address: a})
+	}
+	if err := ValidateSet(eps); err != nil {
+		return nil, fmt.Errorf("static target: %w", err)
+	}
+	return &Static{eps: eps, changed: make(chan struct{})}, nil
 }
