@@ -2,8 +2,13 @@ package lodestar
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
+	"net/http"
 	"sync"
+	"time"
+
+	"github.com/lodestar-go/lodestar/balancer"
 )
 
 // connTracker remembers the connections a transport dialed, by dialed address,
@@ -77,4 +82,48 @@ func (c *trackedConn) Close() error {
 		c.t.mu.Unlock()
 	})
 	return c.Conn.Close()
+}
+
+// cloneForService clones bt for one service: its dialer tracks connections by
+// endpoint and its TLS config verifies the service's name.
+func cloneForService(bt *http.Transport, name string, sc Service) (*http.Transport, *connTracker) {
+	rt := bt.Clone()
+	tr := &connTracker{}
+	dial := rt.DialContext
+	if dial == nil {
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+		dial = d.DialContext
+	}
+	rt.DialContext = tr.wrap(dial)
+	if rt.DialTLSContext != nil {
+		rt.DialTLSContext = tr.wrap(rt.DialTLSContext)
+	}
+	sn := sc.TLSServerName
+	if sn == "" {
+		sn = sc.Host
+	}
+	if sn == "" {
+		sn = name
+	}
+	if h, _, err := net.SplitHostPort(sn); err == nil {
+		sn = h
+	}
+	if rt.TLSClientConfig == nil {
+		rt.TLSClientConfig = &tls.Config{}
+	}
+	if rt.TLSClientConfig.ServerName == "" {
+		rt.TLSClientConfig.ServerName = sn
+	}
+	return rt, tr
+}
+
+// drained closes a drained endpoint's idle connections.
+func (s *service) drained(ep *balancer.Endpoint) {
+	if s.tracker != nil {
+		s.tracker.closeAddr(ep.Address())
+		return
+	}
+	if ci, ok := s.rt.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
 }
