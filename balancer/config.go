@@ -18,7 +18,8 @@ import (
 //	  "algorithm": "round_robin",            // or {"least_request": {"choiceCount": 3}}
 //	  "affinity": {"header": "X-User-ID"},    // for the hashing algorithms
 //	  "allowEmpty": false,
-//	  "waitForEndpoints": "2s"
+//	  "waitForEndpoints": "2s",
+//	  "initialDiscoveryTimeout": "10s"
 //	}
 type Config struct {
 	// Algorithm picks endpoints. nil means round robin. In JSON it is the
@@ -36,14 +37,27 @@ type Config struct {
 	// this long (and never past the request's deadline) for one to appear,
 	// instead of failing at once. 0, the default, fails at once.
 	WaitForEndpoints time.Duration
+	// InitialDiscoveryTimeout bounds how long a pick waits for the feed's first
+	// answer (a set of endpoints, or an error) when the engine has had none yet:
+	// a fresh Transport's first requests wait for discovery instead of failing,
+	// as a gRPC channel's first RPCs wait for its resolver. The request's own
+	// deadline bounds the wait too. 0 means the default, 10s: long enough for a
+	// DNS lookup that needs a retry (the stub resolver's 5s timeout) or a Consul
+	// agent's first answer, short enough that a feed that never answers is
+	// reported while someone is still watching. Valid when set: 1ms-10m.
+	InitialDiscoveryTimeout time.Duration
 }
+
+// DefaultInitialDiscoveryTimeout is InitialDiscoveryTimeout's default.
+const DefaultInitialDiscoveryTimeout = 10 * time.Second
 
 // configJSON is Config's JSON form.
 type configJSON struct {
-	Algorithm        json.RawMessage `json:"algorithm,omitempty"`
-	Affinity         Affinity        `json:"affinity,omitzero"`
-	AllowEmpty       bool            `json:"allowEmpty,omitempty"`
-	WaitForEndpoints string          `json:"waitForEndpoints,omitempty"`
+	Algorithm               json.RawMessage `json:"algorithm,omitempty"`
+	Affinity                Affinity        `json:"affinity,omitzero"`
+	AllowEmpty              bool            `json:"allowEmpty,omitempty"`
+	WaitForEndpoints        string          `json:"waitForEndpoints,omitempty"`
+	InitialDiscoveryTimeout string          `json:"initialDiscoveryTimeout,omitempty"`
 }
 
 // ParseConfig decodes and validates a Config from JSON. Errors name the field.
@@ -78,6 +92,16 @@ func (c *Config) UnmarshalJSON(js []byte) error {
 		}
 		nc.WaitForEndpoints = d
 	}
+	if raw.InitialDiscoveryTimeout != "" {
+		d, err := time.ParseDuration(raw.InitialDiscoveryTimeout)
+		if err != nil {
+			return fmt.Errorf("lodestar config: initialDiscoveryTimeout: %w", err)
+		}
+		if d == 0 {
+			return fmt.Errorf("lodestar config: initialDiscoveryTimeout: 0s is out of range [1ms, 10m] (omit it for the default, %v)", DefaultInitialDiscoveryTimeout)
+		}
+		nc.InitialDiscoveryTimeout = d
+	}
 	*c = nc
 	return nil
 }
@@ -87,6 +111,9 @@ func (c Config) MarshalJSON() ([]byte, error) {
 	raw := configJSON{Affinity: c.Affinity, AllowEmpty: c.AllowEmpty}
 	if c.WaitForEndpoints != 0 {
 		raw.WaitForEndpoints = c.WaitForEndpoints.String()
+	}
+	if c.InitialDiscoveryTimeout != 0 {
+		raw.InitialDiscoveryTimeout = c.InitialDiscoveryTimeout.String()
 	}
 	if c.Algorithm != nil {
 		opts, err := json.Marshal(c.Algorithm)
@@ -113,6 +140,9 @@ func (c Config) Validate() error {
 	}
 	if c.WaitForEndpoints < 0 {
 		return fmt.Errorf("lodestar config: waitForEndpoints: %v is negative", c.WaitForEndpoints)
+	}
+	if d := c.InitialDiscoveryTimeout; d != 0 && (d < time.Millisecond || d > 10*time.Minute) {
+		return fmt.Errorf("lodestar config: initialDiscoveryTimeout: %v is out of range [1ms, 10m]", d)
 	}
 	return nil
 }
