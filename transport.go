@@ -52,7 +52,9 @@ type Options struct {
 	// CloseIdleConnections).
 	Base http.RoundTripper
 	// Services maps a logical service name (the host part of the request URL, as
-	// in http://users/v1/profile) to its Service. At least one.
+	// in http://users/v1/profile) to its Service. At least one. Names are host
+	// names: http://USERS/ reaches "users", and two names that differ only in
+	// case are rejected.
 	Services map[string]Service
 	// PassThrough sends requests for hosts that are not services to Base
 	// unchanged. By default such a request fails with an *UnknownServiceError.
@@ -144,6 +146,10 @@ func NewTransport(opts Options) (*Transport, error) {
 		if err := sc.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("lodestar: service %q: %w", name, err)
 		}
+		key := strings.ToLower(name)
+		if _, dup := t.services[key]; dup {
+			return nil, fmt.Errorf("lodestar: Options.Services: %q is configured twice (service names are host names: case does not matter)", name)
+		}
 		svc := &service{name: name, host: sc.Host, classify: sc.Classifier, rt: base, affinity: newAffinity(sc.Config)}
 		if svc.classify == nil {
 			svc.classify = DefaultClassifier
@@ -152,15 +158,21 @@ func NewTransport(opts Options) (*Transport, error) {
 			svc.rt, svc.tracker = cloneForService(bt, name, sc)
 		}
 		ps = append(ps, pending{svc, feed})
-		t.services[name] = svc
+		t.services[key] = svc
 		t.names = append(t.names, name)
 	}
 	sort.Strings(t.names)
 
 	for _, p := range ps {
 		svc := p.svc
-		eng, err := balancer.NewEngine(opts.Services[svc.name].Config, balancer.Options{
+		sc := opts.Services[svc.name]
+		target := resolver.Redact(sc.Target)
+		if sc.Feed != nil {
+			target = fmt.Sprintf("%T", sc.Feed)
+		}
+		eng, err := balancer.NewEngine(sc.Config, balancer.Options{
 			Service:   svc.name,
+			Target:    target,
 			Logger:    logger,
 			Rand:      opts.Rand,
 			OnDrained: svc.drained,
@@ -177,32 +189,61 @@ func NewTransport(opts Options) (*Transport, error) {
 	return t, nil
 }
 
-// Engine returns the balancer of the named service, or nil, for inspection.
+// Engine returns the balancer of the named service (case does not matter), or
+// nil, for inspection.
 func (t *Transport) Engine(service string) *balancer.Engine {
-	if s := t.services[service]; s != nil {
+	if s := t.lookup(service); s != nil {
 		return s.engine
 	}
 	return nil
 }
 
 // lookup finds the service for a request URL's host, with or without a port.
+// Service names are host names, so case does not matter: the map is keyed by
+// the lower-case name, and a host with upper-case letters is lowered in a stack
+// buffer (a map lookup by string(bytes) does not allocate).
 func (t *Transport) lookup(host string) *service {
 	if s := t.services[host]; s != nil {
 		return s
 	}
 	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.HasSuffix(host, "]") {
-		return t.services[host[:i]]
+		host = host[:i]
+		if s := t.services[host]; s != nil {
+			return s
+		}
 	}
-	return nil
+	var buf [64]byte
+	if len(host) > len(buf) {
+		return t.services[strings.ToLower(host)]
+	}
+	b, upper := buf[:len(host)], false
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c, upper = c+'a'-'A', true
+		}
+		b[i] = c
+	}
+	if !upper {
+		return nil
+	}
+	return t.services[string(b)]
 }
 
 // RoundTrip picks an endpoint of the request's service, sends the request there
 // through the base transport and reports the outcome. The request is not
 // modified; the response's Request is the caller's request.
 //
+// A request sent before the service's feed has answered at all waits for that
+// first answer (bounded by the request's context and the service's
+// Config.InitialDiscoveryTimeout, default 10s); a static list is in force when
+// NewTransport returns.
+//
 // Errors: an *UnknownServiceError for a host that is no service; a
-// *balancer.NoEndpointsError (errors.Is(err, balancer.ErrNoEndpoints)) when the
-// service has no eligible endpoint; the context's error when the request's
+// *balancer.DiscoveryPendingError (errors.Is(err, balancer.ErrDiscoveryPending))
+// when the feed has not delivered endpoints yet; a *balancer.NoEndpointsError
+// (errors.Is(err, balancer.ErrNoEndpoints)) when the service has no eligible
+// endpoint; the context's error when the request's
 // context ends before or during the exchange; otherwise the base transport's
 // error, wrapped with the endpoint's address.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -237,14 +278,15 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // call is everything one attempt needs, in one allocation: the outgoing copy of
 // the request and its URL, and the response body wrapper that reports the
-// outcome when the body is done. It is kept within 512 bytes (http.Request and
+// outcome when the body is done (trackedBody, or upgradedBody for a 101's
+// upgraded connection). It is kept within 512 bytes (http.Request and
 // url.URL take 448), the largest size Go allocates without a malloc header.
 type call struct {
 	req   http.Request // its context is the caller's
 	url   url.URL
 	svc   *service
 	ep    *balancer.Endpoint
-	body  io.ReadCloser
+	body  io.ReadCloser // the base's response body (an io.ReadWriteCloser for a 101)
 	lat   time.Duration // request sent → response headers (or error)
 	end   time.Duration // when the headers arrived, as a monotime reading
 	code  int32

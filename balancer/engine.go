@@ -33,6 +33,9 @@ type Options struct {
 	// picked before its connection is ready and marking them costs no rebuild.
 	// Default none: a new endpoint is eligible at once.
 	InitialConditions Condition
+	// Target describes where the engine's endpoints come from (a target URL
+	// with its secrets redacted, or a feed's name), for errors and logs.
+	Target string
 	// OnDrained is called, once, when an endpoint that discovery removed has no
 	// request in flight any more; the HTTP front door closes its idle
 	// connections then. It runs on the goroutine that finished the last request
@@ -66,8 +69,15 @@ type Engine struct {
 	draining  map[string]*Endpoint // removed, with requests still in flight
 	feedErr   error
 	closed    bool
+	awaiting  bool // Start began a feed that has not answered (a set or an error) yet
+	gotSet    bool // a set has been delivered
+
+	// started is when Start began the feed; picks wait for its first answer
+	// until initialDeadline.
+	started, initialDeadline time.Time
 
 	cancel context.CancelFunc // stops the feed started by Start
+	unsub  func()             // ends a Subscriber feed's subscription
 	wg     sync.WaitGroup
 }
 
@@ -78,6 +88,7 @@ type snapshot struct {
 	endpoints    []*Endpoint   // eligible, by address
 	all          []*Endpoint   // discovered, by address
 	err          error         // returned when picker is nil
+	pending      bool          // the feed has not answered yet: picks wait for it
 	changed      chan struct{} // closed when this snapshot is replaced
 }
 
@@ -115,18 +126,45 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 func (e *Engine) Config() Config { return e.cfg }
 
 // Start runs feed into the engine until Close, restarting it with backoff if it
-// stops. It may be called once.
+// stops. It may be called once. A feed that is a resolver.Subscriber (the
+// static feed) delivers its set before Start returns, and its changes
+// synchronously; any other feed is watched on a goroutine of its own, and picks
+// wait for its first answer (see Config.InitialDiscoveryTimeout).
 func (e *Engine) Start(feed resolver.Feed) {
-	ctx, cancel := context.WithCancel(context.Background())
 	e.mu.Lock()
-	if e.closed || e.cancel != nil {
+	if e.closed || e.cancel != nil || e.unsub != nil {
 		e.mu.Unlock()
-		cancel()
 		return
 	}
+	if sub, ok := feed.(resolver.Subscriber); ok {
+		e.unsub = func() {} // taken: Start runs once
+		e.mu.Unlock()
+		// Subscribe delivers the first set, which takes e.mu: call it unlocked.
+		cancel := sub.Subscribe(e)
+		e.mu.Lock()
+		closed := e.closed
+		if !closed {
+			e.unsub = cancel
+		}
+		e.mu.Unlock()
+		if closed { // Close ran meanwhile and saw the placeholder
+			cancel()
+		}
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
+	if !e.gotSet && e.feedErr == nil {
+		timeout := e.cfg.InitialDiscoveryTimeout
+		if timeout == 0 {
+			timeout = DefaultInitialDiscoveryTimeout
+		}
+		e.awaiting, e.started = true, time.Now()
+		e.initialDeadline = e.started.Add(timeout)
+		e.rebuildLocked()
+	}
+	e.wg.Add(1) // under the lock: Close, which takes it, then waits for this goroutine
 	e.mu.Unlock()
-	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		resolver.Run(ctx, feed, e, resolver.RunOptions{})
@@ -142,11 +180,14 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
-	cancel := e.cancel
+	cancel, unsub := e.cancel, e.unsub
 	e.publishLocked(&snapshot{err: ErrClosed, changed: make(chan struct{})})
 	e.mu.Unlock()
 	if cancel != nil {
 		cancel()
+	}
+	if unsub != nil {
+		unsub()
 	}
 	e.wg.Wait()
 	return nil
@@ -155,21 +196,73 @@ func (e *Engine) Close() error {
 // Pick chooses an endpoint for a request and counts it in flight; the caller must
 // call Done with its outcome. With no eligible endpoint it returns a
 // *NoEndpointsError at once, or waits up to Config.WaitForEndpoints; a context
-// that ends first gives the context's error.
+// that ends first gives the context's error. Before the feed has answered at
+// all, it waits for that first answer, up to Config.InitialDiscoveryTimeout
+// after the engine was made and never past the context, and then fails with a
+// *DiscoveryPendingError.
+//
+// Pick never returns an endpoint that was ineligible (removed, or under a
+// condition) before the pick counted it in flight: a pick that races a removal
+// or a SetCondition either is seen by it (the removed endpoint then drains only
+// after this request's Done) or sees it and picks again.
 func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 	s := e.snap.Load()
-	err := s.err
-	if s.picker != nil {
-		var ep *Endpoint
-		if ep, err = s.picker.Pick(info); err == nil {
-			e.count(s, ep)
-			return ep, nil
-		}
+	if s.picker == nil {
+		return e.pickFailed(info, s, s.err)
 	}
-	if e.cfg.WaitForEndpoints == 0 || err == ErrClosed || !errors.Is(err, ErrNoEndpoints) {
+	ep, err := s.picker.Pick(info)
+	if err != nil {
+		return e.pickFailed(info, s, err)
+	}
+	e.count(s, ep)
+	// The count was raised before this load, and Update stores the removal
+	// before it reads the count (both sequentially consistent atomics), so
+	// either this load sees the removal or the drain sees the count. The same
+	// load keeps a condition set meanwhile (SetCondition) from being ignored.
+	if ep.conds.Load() == 0 {
+		return ep, nil
+	}
+	return e.repick(info, s, ep)
+}
+
+// pickFailed applies the rules for a pick from s that found no endpoint: fail at
+// once, or wait for the first answer or for endpoints.
+func (e *Engine) pickFailed(info PickInfo, s *snapshot, err error) (*Endpoint, error) {
+	if !s.pending && (e.cfg.WaitForEndpoints == 0 || !waitable(err)) {
 		return nil, err
 	}
 	return e.pickSlow(info, s, err)
+}
+
+// waitable reports whether a pick that failed with err may wait for endpoints.
+func waitable(err error) bool {
+	return err != ErrClosed && (errors.Is(err, ErrNoEndpoints) || errors.Is(err, ErrDiscoveryPending))
+}
+
+// repick undoes the count of ep, which became ineligible between the load of s
+// and the count, and picks again from a snapshot that no longer offers it.
+func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, error) {
+	for {
+		e.release(ep)
+		// Whoever made ep ineligible publishes a new snapshot right after (the
+		// condition is stored under the engine's lock, then the rebuild runs):
+		// wait for it rather than pick from s again.
+		if e.snap.Load() == s {
+			<-s.changed
+		}
+		s = e.snap.Load()
+		if s.picker == nil {
+			return e.pickFailed(info, s, s.err)
+		}
+		var err error
+		if ep, err = s.picker.Pick(info); err != nil {
+			return e.pickFailed(info, s, err)
+		}
+		e.count(s, ep)
+		if ep.conds.Load() == 0 {
+			return ep, nil
+		}
+	}
 }
 
 // count counts a pick from s in flight, unless s's picker counts for itself.
@@ -182,34 +275,91 @@ func (e *Engine) count(s *snapshot, ep *Endpoint) {
 	}
 }
 
-// pickSlow waits for a snapshot with endpoints; err is why the last pick failed.
+// release takes back one request in flight on ep and completes its drain if that
+// was the last one.
+func (e *Engine) release(ep *Endpoint) {
+	n := ep.inflight.Add(-1)
+	if e.trackTotal {
+		e.total.Add(-1) // after the endpoint's: the total never trails the sum
+	}
+	if n == 0 && ep.Removed() {
+		e.finishDrain(ep)
+	}
+}
+
+// pickSlow waits for the feed's first answer (while s is pending) or for a
+// snapshot with endpoints (Config.WaitForEndpoints); err is why the last pick
+// failed.
 func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, error) {
 	ctx := info.Ctx
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	t := time.NewTimer(e.cfg.WaitForEndpoints)
-	defer t.Stop()
+	// The first-answer wait and the WaitForEndpoints wait, each started once needed.
+	var initial, wait *time.Timer
+	defer func() {
+		for _, t := range []*time.Timer{initial, wait} {
+			if t != nil {
+				t.Stop()
+			}
+		}
+	}()
 	for {
+		var expired <-chan time.Time
+		if s.pending {
+			if initial == nil {
+				left := time.Until(e.initialDeadline)
+				if left <= 0 {
+					return nil, e.pendingError(s, nil)
+				}
+				initial = time.NewTimer(left)
+			}
+			expired = initial.C
+		} else if e.cfg.WaitForEndpoints > 0 && waitable(err) {
+			if wait == nil {
+				wait = time.NewTimer(e.cfg.WaitForEndpoints)
+			}
+			expired = wait.C
+		} else {
+			return nil, err
+		}
 		select {
 		case <-ctx.Done():
+			if s.pending {
+				return nil, e.pendingError(s, ctx.Err())
+			}
 			return nil, ctx.Err()
-		case <-t.C:
+		case <-expired:
+			if s.pending {
+				return nil, e.pendingError(s, nil)
+			}
 			return nil, err
 		case <-s.changed:
 		}
 		if s = e.snap.Load(); s.picker == nil {
 			err = s.err
-		} else if ep, perr := s.picker.Pick(info); perr == nil {
-			e.count(s, ep)
-			return ep, nil
-		} else {
+			continue
+		}
+		ep, perr := s.picker.Pick(info)
+		if perr != nil {
 			err = perr
+			continue
 		}
-		if err == ErrClosed || !errors.Is(err, ErrNoEndpoints) {
-			return nil, err
+		e.count(s, ep)
+		if ep.conds.Load() == 0 {
+			return ep, nil
 		}
+		return e.repick(info, s, ep)
 	}
+}
+
+// pendingError is the error of a pick that stopped waiting for the feed's first
+// answer, because of ctxErr or, when that is nil, the initial timeout.
+func (e *Engine) pendingError(s *snapshot, ctxErr error) error {
+	pe := *s.err.(*DiscoveryPendingError)
+	pe.Waited = time.Since(e.started).Round(time.Millisecond)
+	pe.CtxErr = ctxErr
+	return &pe
 }
 
 // Done reports the outcome of a request Pick gave ep for. Call it exactly once
@@ -225,13 +375,7 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 		}
 		e.observer.Observe(ep, o, at)
 	}
-	n := ep.inflight.Add(-1)
-	if e.trackTotal {
-		e.total.Add(-1) // after the endpoint's: the total never trails the sum
-	}
-	if n == 0 && ep.Removed() {
-		e.finishDrain(ep)
-	}
+	e.release(ep)
 }
 
 // Endpoints returns every discovered endpoint (eligible or not), by address.
@@ -283,6 +427,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 		e.ReportError(fmt.Errorf("discovery returned an empty set; keeping the last %d endpoints (set allowEmpty to believe empty answers)", n))
 		return
 	}
+	e.awaiting, e.gotSet = false, true
 	if len(bad) == 0 {
 		e.feedErr = nil
 	}
@@ -347,8 +492,9 @@ func (e *Engine) ReportError(err error) {
 		return
 	}
 	e.feedErr = err
-	if len(e.snap.Load().endpoints) == 0 {
-		e.rebuildLocked() // carry the error into the no-endpoints error
+	if e.awaiting || len(e.snap.Load().endpoints) == 0 {
+		e.awaiting = false
+		e.rebuildLocked() // carry the error into the no-endpoints error, end the first wait
 	}
 }
 
@@ -414,6 +560,9 @@ func (e *Engine) rebuildLocked() {
 		}
 		s.picker = e.alg.Build(bi)
 		_, s.selfCounting = s.picker.(SelfCounting)
+	} else if !e.gotSet && (e.awaiting || e.feedErr != nil) {
+		s.pending = e.awaiting
+		s.err = &DiscoveryPendingError{Service: e.opts.Service, Target: e.opts.Target, FeedErr: e.feedErr}
 	} else {
 		s.err = &NoEndpointsError{Service: e.opts.Service, Reason: reason(all), FeedErr: e.feedErr}
 	}

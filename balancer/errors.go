@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ErrNoEndpoints is matched (with errors.Is) by every error that says a request
@@ -37,3 +38,66 @@ func (e *NoEndpointsError) Is(target error) bool { return target == ErrNoEndpoin
 
 // Unwrap returns the feed error.
 func (e *NoEndpointsError) Unwrap() error { return e.FeedErr }
+
+// ErrDiscoveryPending is matched (with errors.Is) by every error that says a
+// service's discovery feed has not delivered its first endpoint set yet. It is
+// not ErrNoEndpoints: discovery has not said the service has none.
+var ErrDiscoveryPending = errors.New("lodestar: discovery has not answered yet")
+
+// DiscoveryPendingError says that a service's feed has not delivered a set of
+// endpoints yet: a pick waited for the first answer up to
+// Config.InitialDiscoveryTimeout (or the request's deadline) in vain, or the
+// feed's first answer was an error. errors.Is(err, ErrDiscoveryPending) matches
+// it, and so do the feed's error and the context's error it carries.
+type DiscoveryPendingError struct {
+	// Service is the engine's service name.
+	Service string
+	// Target is where the endpoints come from (Options.Target), secrets redacted.
+	Target string
+	// Waited is how long discovery has been running without a set.
+	Waited time.Duration
+	// FeedErr is the error the feed reported instead of a set, if any.
+	FeedErr error
+	// CtxErr is the request context's error when the context ended the wait.
+	CtxErr error
+}
+
+// Error says which service's discovery has not answered, for how long, and why
+// if the feed said.
+func (e *DiscoveryPendingError) Error() string {
+	s := fmt.Sprintf("lodestar: no endpoints for %q yet: discovery", e.Service)
+	if e.Target != "" {
+		s += " (" + e.Target + ")"
+	}
+	if e.FeedErr != nil {
+		s += " failed before delivering any endpoint"
+		if e.Waited > 0 {
+			s += fmt.Sprintf(" in %v", e.Waited)
+		}
+		s += ": " + e.FeedErr.Error()
+	} else {
+		s += " has not answered yet"
+		if e.Waited > 0 {
+			s += fmt.Sprintf(" after %v", e.Waited)
+		}
+	}
+	if e.CtxErr != nil {
+		s += " (request: " + e.CtxErr.Error() + ")"
+	}
+	return s
+}
+
+// Is reports whether target is ErrDiscoveryPending.
+func (e *DiscoveryPendingError) Is(target error) bool { return target == ErrDiscoveryPending }
+
+// Unwrap returns the feed's and the context's errors, those that are set.
+func (e *DiscoveryPendingError) Unwrap() []error {
+	var errs []error
+	if e.FeedErr != nil {
+		errs = append(errs, e.FeedErr)
+	}
+	if e.CtxErr != nil {
+		errs = append(errs, e.CtxErr)
+	}
+	return errs
+}

@@ -22,5 +22,5 @@ func buildStatic(u *url.URL) (Feed, error) {
 	if err := ValidateSet(eps); err != nil {
 		return nil, fmt.Errorf("static target: %w", err)
 	}
-	return &Static{eps: eps, changed: make(chan struct{})}, nil
+	return &Static{eps: eps}, nil
 }
