@@ -1,9 +1,6 @@
 package balancer
 
-import (
-	"fmt"
-	"math"
-)
+import "math"
 
 func init() { Register("bounded_load", func() Algorithm { return &BoundedLoad{} }) }
 
@@ -28,11 +25,11 @@ func init() { Register("bounded_load", func() Algorithm { return &BoundedLoad{} 
 type BoundedLoad struct {
 	// Balance is c, the factor over the average load an endpoint may carry.
 	// 0 means the default, 1.25. Valid [1, 100].
-	Balance float64 `json:"balance,omitempty"`
+	Balance float64 `json:"balance,omitempty" range:"[1, 100]"`
 	// PointsPerEndpoint is how many ring points an endpoint of average weight
 	// gets; the cap, not the ring, does the balancing, so fewer than ring_hash
 	// needs. Default 100; valid 1-65536.
-	PointsPerEndpoint int `json:"pointsPerEndpoint,omitempty"`
+	PointsPerEndpoint int `json:"pointsPerEndpoint,omitempty" range:"[1, 65536]"`
 	// Fallback is where a request without an affinity key starts: "random" (the
 	// default: a random point of the ring) or "round_robin" (endpoints in turn);
 	// the cap applies to it too.
@@ -47,11 +44,8 @@ func (*BoundedLoad) CountsTotalInFlight() {}
 
 // Validate checks every field.
 func (a *BoundedLoad) Validate() error {
-	if a.Balance != 0 && !(a.Balance >= 1 && a.Balance <= 100) {
-		return fmt.Errorf("balance: %v is out of range [1, 100]", a.Balance)
-	}
-	if a.PointsPerEndpoint < 0 || a.PointsPerEndpoint > 65536 {
-		return fmt.Errorf("pointsPerEndpoint: %d is out of range [1, 65536]", a.PointsPerEndpoint)
+	if err := CheckRanges(a); err != nil {
+		return err
 	}
 	return validateFallback(a.Fallback)
 }

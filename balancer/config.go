@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,22 +20,41 @@ import (
 //	  "waitForEndpoints": "2s",
 //	  "initialDiscoveryTimeout": "10s"
 //	}
+//
+// The JSON is read exactly, in every section and in every algorithm's options,
+// registered ones included:
+//
+//   - Field names are case-sensitive: {"choicecount": 3} is an unknown field
+//     (the error says "did you mean "choiceCount"?"). Unknown and repeated
+//     fields and anything after the configuration are errors.
+//   - Omitted means the default; written means checked. A field left out (or
+//     null) takes its default, but a value written out must be in the field's
+//     range even when it is the Go zero value that would otherwise mean the
+//     default: "choiceCount": 0 is an error ("choiceCount: 0 is out of range
+//     [2, 100]"), not a request for the default of 2. The ranges are the
+//     `range` tags of the option structs' fields, which Validate checks too
+//     (see CheckRanges), so a range is stated once.
+//   - Durations are strings such as "250ms" or "1m30s".
+//
+// Errors start with "lodestar config: " and name the field by its path, as in
+// "lodestar config: algorithm least_request: slowStart.window: 2h0m0s is out
+// of range [0, 1h]".
 type Config struct {
 	// Algorithm picks endpoints. nil means round robin. In JSON it is the
 	// algorithm's name, or an object with one key, the name, holding its options.
-	Algorithm Algorithm
+	Algorithm Algorithm `json:"algorithm,omitempty"`
 	// Affinity says where requests' affinity keys come from, for the hashing
 	// algorithms (ring_hash, maglev, bounded_load). The zero value takes keys
 	// only from the context (WithAffinityKey).
-	Affinity Affinity
+	Affinity Affinity `json:"affinity,omitzero"`
 	// AllowEmpty lets an empty endpoint set from discovery replace a non-empty
 	// one. By default an empty answer is taken for a discovery fault: it is
 	// reported and the last non-empty set stays in force.
-	AllowEmpty bool
+	AllowEmpty bool `json:"allowEmpty,omitempty"`
 	// WaitForEndpoints makes a pick that finds no eligible endpoint wait up to
 	// this long (and never past the request's deadline) for one to appear,
 	// instead of failing at once. 0, the default, fails at once.
-	WaitForEndpoints time.Duration
+	WaitForEndpoints time.Duration `json:"waitForEndpoints,omitempty" range:"[0, ∞)"`
 	// InitialDiscoveryTimeout bounds how long a pick waits for the feed's first
 	// answer (a set of endpoints, or an error) when the engine has had none yet:
 	// a fresh Transport's first requests wait for discovery instead of failing,
@@ -45,22 +63,17 @@ type Config struct {
 	// DNS lookup that needs a retry (the stub resolver's 5s timeout) or a Consul
 	// agent's first answer, short enough that a feed that never answers is
 	// reported while someone is still watching. Valid when set: 1ms-10m.
-	InitialDiscoveryTimeout time.Duration
+	InitialDiscoveryTimeout time.Duration `json:"initialDiscoveryTimeout,omitempty" range:"[1ms, 10m]"`
 }
 
 // DefaultInitialDiscoveryTimeout is InitialDiscoveryTimeout's default.
 const DefaultInitialDiscoveryTimeout = 10 * time.Second
 
-// configJSON is Config's JSON form.
-type configJSON struct {
-	Algorithm               json.RawMessage `json:"algorithm,omitempty"`
-	Affinity                Affinity        `json:"affinity,omitzero"`
-	AllowEmpty              bool            `json:"allowEmpty,omitempty"`
-	WaitForEndpoints        string          `json:"waitForEndpoints,omitempty"`
-	InitialDiscoveryTimeout string          `json:"initialDiscoveryTimeout,omitempty"`
-}
+// configFields is Config without its JSON methods, for the strict codec.
+type configFields Config
 
-// ParseConfig decodes and validates a Config from JSON. Errors name the field.
+// ParseConfig decodes and validates a Config from JSON, exactly as Config's
+// doc describes. Errors name the field.
 func ParseConfig(js []byte) (Config, error) {
 	var c Config
 	if err := c.UnmarshalJSON(js); err != nil {
@@ -69,38 +82,14 @@ func ParseConfig(js []byte) (Config, error) {
 	return c, c.Validate()
 }
 
-// UnmarshalJSON decodes c from JSON, rejecting unknown fields by name.
+// UnmarshalJSON decodes c from JSON, rejecting unknown fields (names match
+// exactly, case included), repeated fields and explicitly written
+// out-of-range values by name. It does not run the checks of Validate that
+// are not ranges; ParseConfig does both.
 func (c *Config) UnmarshalJSON(js []byte) error {
-	var raw configJSON
-	if err := decodeStrict(js, &raw); err != nil {
-		return fmt.Errorf("lodestar config: %w", err)
-	}
 	var nc Config
-	if len(raw.Algorithm) > 0 {
-		a, err := decodeAlgorithm(raw.Algorithm)
-		if err != nil {
-			return fmt.Errorf("lodestar config: %w", err)
-		}
-		nc.Algorithm = a
-	}
-	nc.Affinity = raw.Affinity
-	nc.AllowEmpty = raw.AllowEmpty
-	if raw.WaitForEndpoints != "" {
-		d, err := time.ParseDuration(raw.WaitForEndpoints)
-		if err != nil {
-			return fmt.Errorf("lodestar config: waitForEndpoints: %w", err)
-		}
-		nc.WaitForEndpoints = d
-	}
-	if raw.InitialDiscoveryTimeout != "" {
-		d, err := time.ParseDuration(raw.InitialDiscoveryTimeout)
-		if err != nil {
-			return fmt.Errorf("lodestar config: initialDiscoveryTimeout: %w", err)
-		}
-		if d == 0 {
-			return fmt.Errorf("lodestar config: initialDiscoveryTimeout: 0s is out of range [1ms, 10m] (omit it for the default, %v)", DefaultInitialDiscoveryTimeout)
-		}
-		nc.InitialDiscoveryTimeout = d
+	if err := decodeStrict(js, (*configFields)(&nc)); err != nil {
+		return fmt.Errorf("lodestar config: %w", err)
 	}
 	*c = nc
 	return nil
@@ -108,24 +97,11 @@ func (c *Config) UnmarshalJSON(js []byte) error {
 
 // MarshalJSON encodes c in the form UnmarshalJSON reads.
 func (c Config) MarshalJSON() ([]byte, error) {
-	raw := configJSON{Affinity: c.Affinity, AllowEmpty: c.AllowEmpty}
-	if c.WaitForEndpoints != 0 {
-		raw.WaitForEndpoints = c.WaitForEndpoints.String()
+	js, err := encodeJSON((*configFields)(&c))
+	if err != nil {
+		return nil, fmt.Errorf("lodestar config: %w", err)
 	}
-	if c.InitialDiscoveryTimeout != 0 {
-		raw.InitialDiscoveryTimeout = c.InitialDiscoveryTimeout.String()
-	}
-	if c.Algorithm != nil {
-		opts, err := json.Marshal(c.Algorithm)
-		if err != nil {
-			return nil, err
-		}
-		raw.Algorithm, err = json.Marshal(map[string]json.RawMessage{c.Algorithm.Name(): opts})
-		if err != nil {
-			return nil, err
-		}
-	}
-	return json.Marshal(raw)
+	return js, nil
 }
 
 // Validate reports the first invalid field of c, by name.
@@ -138,11 +114,8 @@ func (c Config) Validate() error {
 	if err := c.Affinity.Validate(); err != nil {
 		return fmt.Errorf("lodestar config: %w", err)
 	}
-	if c.WaitForEndpoints < 0 {
-		return fmt.Errorf("lodestar config: waitForEndpoints: %v is negative", c.WaitForEndpoints)
-	}
-	if d := c.InitialDiscoveryTimeout; d != 0 && (d < time.Millisecond || d > 10*time.Minute) {
-		return fmt.Errorf("lodestar config: initialDiscoveryTimeout: %v is out of range [1ms, 10m]", d)
+	if err := CheckRanges(&c); err != nil {
+		return fmt.Errorf("lodestar config: %w", err)
 	}
 	return nil
 }
@@ -156,31 +129,26 @@ func (c Config) algorithm() Algorithm {
 }
 
 // decodeAlgorithm reads "name" or {"name": {options}}.
-func decodeAlgorithm(js json.RawMessage) (Algorithm, error) {
-	var name string
-	if err := json.Unmarshal(js, &name); err == nil {
+func decodeAlgorithm(js []byte) (Algorithm, error) {
+	if js[0] == '"' {
+		var name string
+		if err := json.Unmarshal(js, &name); err != nil {
+			return nil, fmt.Errorf("algorithm: %w", err)
+		}
 		return NewAlgorithm(name, nil)
 	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(js, &obj); err != nil || len(obj) != 1 {
+	var name string
+	var opts json.RawMessage
+	n := 0
+	if js[0] == '{' {
+		_ = eachMember(js, func(key string, val []byte) error {
+			name, opts = key, val
+			n++
+			return nil
+		})
+	}
+	if n != 1 {
 		return nil, errors.New(`algorithm: want a name or an object with exactly one key, the name, e.g. {"least_request": {"choiceCount": 3}}`)
 	}
-	var name1 string
-	var opts json.RawMessage
-	for name1, opts = range obj {
-	}
-	return NewAlgorithm(name1, opts)
-}
-
-// decodeStrict decodes js into v, rejecting unknown fields and trailing data.
-func decodeStrict(js []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after JSON value")
-	}
-	return nil
+	return NewAlgorithm(name, opts)
 }

@@ -3,6 +3,9 @@ package balancer
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +74,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"algorithm": {"ring_hash": {"minRingSize": 2000, "maxRingSize": 1000}}}`, "minRingSize: 2000 is above maxRingSize 1000"},
 		{`{"algorithm": {"ring_hash": {"maxRingSize": 99999999}}}`, "maxRingSize: 99999999 is out of range [1, 8388608]"},
 		{`{"algorithm": {"ring_hash": {"fallback": "first"}}}`, `fallback: "first" is not one of "random", "round_robin"`},
-		{`{"algorithm": {"maglev": {"tableSize": 65536}}}`, "tableSize: 65536 is not a prime in [3, 16777213]"},
+		{`{"algorithm": {"maglev": {"tableSize": 65536}}}`, "tableSize: 65536 is not a prime"},
+		{`{"algorithm": {"maglev": {"tableSize": 16777259}}}`, "tableSize: 16777259 is out of range [3, 16777213]"},
 		{`{"algorithm": {"bounded_load": {"balance": 0.9}}}`, "balance: 0.9 is out of range [1, 100]"},
 		{`{"affinity": {"header": "X User"}}`, `affinity.header: "X User" is not a valid HTTP header name`},
 		{`{"affinity": {"cookie": "a;b"}}`, "affinity.cookie"},
@@ -119,6 +123,341 @@ func TestAlgorithmsRegistered(t *testing.T) {
 	}
 }
 
+// A section of the configuration: where its fields are written, and the path
+// errors give them.
+type section struct {
+	name string              // as errors name it, e.g. "algorithm least_request: slowStart"
+	wrap func(string) string // puts `"field": value` members where the section's fields go
+}
+
+func in(format string) func(string) string {
+	return func(members string) string { return fmt.Sprintf(format, members) }
+}
+
+// sections lists every section of the configuration and every algorithm's
+// options, built-in ones; TestConfigTablesCoverEveryField keeps it complete.
+var sections = []section{
+	{"", in(`{%s}`)},
+	{"affinity", in(`{"affinity": {%s}}`)},
+	{"algorithm round_robin", in(`{"algorithm": {"round_robin": {%s}}}`)},
+	{"algorithm round_robin: slowStart", in(`{"algorithm": {"round_robin": {"slowStart": {%s}}}}`)},
+	{"algorithm weighted_round_robin", in(`{"algorithm": {"weighted_round_robin": {%s}}}`)},
+	{"algorithm weighted_round_robin: slowStart", in(`{"algorithm": {"weighted_round_robin": {"slowStart": {%s}}}}`)},
+	{"algorithm random", in(`{"algorithm": {"random": {%s}}}`)},
+	{"algorithm weighted_random", in(`{"algorithm": {"weighted_random": {%s}}}`)},
+	{"algorithm least_request", in(`{"algorithm": {"least_request": {%s}}}`)},
+	{"algorithm least_request: slowStart", in(`{"algorithm": {"least_request": {"slowStart": {%s}}}}`)},
+	{"algorithm peak_ewma", in(`{"algorithm": {"peak_ewma": {%s}}}`)},
+	{"algorithm ring_hash", in(`{"algorithm": {"ring_hash": {%s}}}`)},
+	{"algorithm maglev", in(`{"algorithm": {"maglev": {%s}}}`)},
+	{"algorithm bounded_load", in(`{"algorithm": {"bounded_load": {%s}}}`)},
+}
+
+// sectionFields returns the JSON field names of a section, from its Go type.
+func sectionFields(t *testing.T, name string) []string {
+	t.Helper()
+	var v any
+	switch {
+	case name == "":
+		v = &Config{}
+	case name == "affinity":
+		v = &Affinity{}
+	case strings.HasSuffix(name, ": slowStart"):
+		v = &SlowStart{}
+	default:
+		a, err := NewAlgorithm(strings.TrimPrefix(name, "algorithm "), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v = a
+	}
+	var names []string
+	for _, f := range typeInfoOf(reflect.TypeOf(v).Elem()).fields {
+		names = append(names, f.name)
+	}
+	return names
+}
+
+// goodValues holds a valid value for every field of every section, by name.
+var goodValues = map[string]string{
+	"algorithm": `"random"`, "affinity": `{"header": "X-A"}`, "allowEmpty": "true",
+	"waitForEndpoints": `"1s"`, "initialDiscoveryTimeout": `"3s"`,
+	"header": `"X-A"`, "cookie": `"sid"`, "metadata": `"x-a"`, "clientIP": "true",
+	"slowStart": `{"window": "10s"}`, "window": `"10s"`, "aggression": "2", "minWeightPercent": "20",
+	"choiceCount": "3", "activeRequestBias": "0.5",
+	"decayTime": `"5s"`, "defaultRTT": `"10ms"`, "failurePenalty": `"2s"`,
+	"pointsPerEndpoint": "100", "minRingSize": "10", "maxRingSize": "100000", "fallback": `"round_robin"`,
+	"tableSize": "251", "balance": "1.5",
+}
+
+// caseVariants returns spellings of name that differ from it only in case.
+func caseVariants(name string) []string {
+	vs := []string{strings.ToLower(name), strings.ToUpper(name), strings.ToUpper(name[:1]) + name[1:]}
+	var out []string
+	for _, v := range vs {
+		if v != name && !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Field names are exact: every field of every section, spelled in another
+// case, is an unknown field, and the error names it, where it is, and the
+// right spelling. Spelled right, each is accepted.
+func TestParseConfigFieldNamesExact(t *testing.T) {
+	for _, sec := range sections {
+		fields := sectionFields(t, sec.name)
+		for _, f := range fields {
+			good, ok := goodValues[f]
+			if !ok {
+				t.Errorf("section %q: no good value for field %q in goodValues", sec.name, f)
+				continue
+			}
+			js := sec.wrap(fmt.Sprintf("%q: %s", f, good))
+			if _, err := ParseConfig([]byte(js)); err != nil {
+				t.Errorf("%s: %v", js, err)
+			}
+			for _, v := range caseVariants(f) {
+				js := sec.wrap(fmt.Sprintf("%q: %s", v, good))
+				_, err := ParseConfig([]byte(js))
+				want := fmt.Sprintf("unknown field %q, did you mean %q?", v, f)
+				if sec.name != "" {
+					want = sec.name + ": " + want
+				}
+				if err == nil || !strings.HasPrefix(err.Error(), "lodestar config: ") || !strings.Contains(err.Error(), want) {
+					t.Errorf("%s: error %v, want one containing %q", js, err, want)
+				}
+			}
+		}
+		if len(fields) == 0 { // random, weighted_random: any key is unknown
+			js := sec.wrap(`"Seed": 1`)
+			if _, err := ParseConfig([]byte(js)); err == nil || !strings.Contains(err.Error(), sec.name+`: unknown field "Seed"`) {
+				t.Errorf("%s: error %v", js, err)
+			}
+		}
+	}
+}
+
+// rangeCases is, for every field with a range, values just outside it and the
+// Go zero value (which, written, must be in range too), in every section the
+// field appears in.
+var rangeCases = []struct {
+	section, field string
+	bad            []string // written values out of range
+	ok             []string // written values in range, the zero value among them if it is
+	rng            string
+}{
+	{"", "waitForEndpoints", []string{`"-1ns"`, `"-1s"`}, []string{`"0s"`, `"1h"`}, "[0, ∞)"},
+	{"", "initialDiscoveryTimeout", []string{`"0s"`, `"999µs"`, `"10m1s"`}, []string{`"1ms"`, `"10m"`}, "[1ms, 10m]"},
+	{"algorithm least_request", "choiceCount", []string{"0", "1", "101", "-2", "99999999999999999999"}, []string{"2", "100"}, "[2, 100]"},
+	{"algorithm least_request", "activeRequestBias", []string{"-1", "-0.001", "100.5", "1e300"}, []string{"0", "100"}, "[0, 100]"},
+	{"algorithm peak_ewma", "decayTime", []string{`"0s"`, `"500µs"`, `"2h"`}, []string{`"1ms"`, `"1h"`}, "[1ms, 1h]"},
+	{"algorithm peak_ewma", "defaultRTT", []string{`"0s"`, `"2m"`}, []string{`"1µs"`, `"1m"`}, "[1µs, 1m]"},
+	{"algorithm peak_ewma", "failurePenalty", []string{`"0s"`, `"-1s"`, `"61m"`}, []string{`"1us"`, `"1h"`}, "[1µs, 1h]"},
+	{"algorithm ring_hash", "pointsPerEndpoint", []string{"0", "-1", "65537"}, []string{"1", "65536"}, "[1, 65536]"},
+	{"algorithm ring_hash", "minRingSize", []string{"0", "-5", "8388609"}, []string{"1", "1024"}, "[1, 8388608]"},
+	{"algorithm ring_hash", "maxRingSize", []string{"0", "8388609"}, []string{"1024", "8388608"}, "[1, 8388608]"},
+	{"algorithm maglev", "tableSize", []string{"0", "1", "2", "16777259"}, []string{"3", "16777213"}, "[3, 16777213]"},
+	{"algorithm bounded_load", "balance", []string{"0", "0.999", "100.01", "-3"}, []string{"1", "100"}, "[1, 100]"},
+	{"algorithm bounded_load", "pointsPerEndpoint", []string{"0", "65537"}, []string{"1", "65536"}, "[1, 65536]"},
+}
+
+// slowStartRange are SlowStart's ranges, checked in each algorithm that has it.
+var slowStartRange = []struct {
+	field   string
+	bad, ok []string
+	rng     string
+}{
+	{"window", []string{`"-1ms"`, `"1h0m1s"`}, []string{`"0s"`, `"1h"`}, "[0, 1h]"},
+	{"aggression", []string{"0", "-1", "100.5"}, []string{"0.01", "100"}, "(0, 100]"},
+	{"minWeightPercent", []string{"0", "-0", "101"}, []string{"0.5", "100"}, "(0, 100]"},
+}
+
+func allRangeCases() []struct {
+	section, field string
+	bad, ok        []string
+	rng            string
+} {
+	cases := slices.Clone(rangeCases)
+	for _, sec := range sections {
+		if strings.HasSuffix(sec.name, ": slowStart") {
+			for _, c := range slowStartRange {
+				cases = append(cases, struct {
+					section, field string
+					bad, ok        []string
+					rng            string
+				}{sec.name, c.field, c.bad, c.ok, c.rng})
+			}
+		}
+	}
+	return cases
+}
+
+// Omitted means the default; written means checked: every field with a range,
+// in every section, rejects a written value out of range, the Go zero value
+// included when it is out of range, with the field and the range named.
+func TestParseConfigExplicitValuesChecked(t *testing.T) {
+	for _, c := range allRangeCases() {
+		wrap := sectionWrap(t, c.section)
+		for _, v := range c.bad {
+			js := wrap(fmt.Sprintf("%q: %s", c.field, v))
+			_, err := ParseConfig([]byte(js))
+			want := fieldPath(c.section, c.field) + ": "
+			if err == nil || !strings.HasPrefix(err.Error(), "lodestar config: "+want) ||
+				!strings.Contains(err.Error(), " is out of range "+c.rng) {
+				t.Errorf("%s: error %v, want %q...%q", js, err, "lodestar config: "+want, "is out of range "+c.rng)
+			}
+		}
+		for _, v := range c.ok {
+			js := wrap(fmt.Sprintf("%q: %s", c.field, v))
+			if _, err := ParseConfig([]byte(js)); err != nil {
+				t.Errorf("%s: %v", js, err)
+			}
+		}
+		// Omitted, the field takes its default.
+		if _, err := ParseConfig([]byte(wrap(""))); err != nil {
+			t.Errorf("%s: %v", wrap(""), err)
+		}
+	}
+	// The message for a written zero says how to get the default.
+	_, err := ParseConfig([]byte(`{"algorithm": {"least_request": {"choiceCount": 0}}}`))
+	if want := "lodestar config: algorithm least_request: choiceCount: 0 is out of range [2, 100] (omit it for the default)"; err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+}
+
+// fieldPath is how errors name field in section: "choiceCount" in the
+// top-level section, "algorithm least_request: slowStart.window" in a nested one.
+func fieldPath(section, field string) string {
+	head, nested, ok := strings.Cut(section, ": ")
+	switch {
+	case section == "":
+		return field
+	case ok:
+		return head + ": " + nested + "." + field
+	case strings.HasPrefix(section, "algorithm "):
+		return section + ": " + field
+	}
+	return section + "." + field
+}
+
+func sectionWrap(t *testing.T, name string) func(string) string {
+	for _, sec := range sections {
+		if sec.name == name {
+			return sec.wrap
+		}
+	}
+	t.Fatalf("no section %q", name)
+	return nil
+}
+
+// The tables above cover every field and every range tag of every section, so
+// that a field added later is tested for exactness and range without a new
+// test: its good value and (if it has a range) its range case must be added.
+func TestConfigTablesCoverEveryField(t *testing.T) {
+	for _, a := range Algorithms() {
+		if strings.HasPrefix(a, "test_") {
+			continue
+		}
+		if !slices.ContainsFunc(sections, func(s section) bool { return s.name == "algorithm "+a }) {
+			t.Errorf("algorithm %s has no section in the tables", a)
+		}
+	}
+	cases := allRangeCases()
+	for _, sec := range sections {
+		var v any
+		switch {
+		case sec.name == "":
+			v = &Config{}
+		case sec.name == "affinity":
+			v = &Affinity{}
+		case strings.HasSuffix(sec.name, ": slowStart"):
+			v = &SlowStart{}
+		default:
+			v, _ = NewAlgorithm(strings.TrimPrefix(sec.name, "algorithm "), nil)
+		}
+		for _, f := range typeInfoOf(reflect.TypeOf(v).Elem()).fields {
+			if f.rng == nil {
+				continue
+			}
+			if !slices.ContainsFunc(cases, func(c struct {
+				section, field string
+				bad, ok        []string
+				rng            string
+			}) bool {
+				return c.section == sec.name && c.field == f.name && c.rng == f.rng.text
+			}) {
+				t.Errorf("section %q field %q (range %s) has no range case", sec.name, f.name, f.rng.text)
+			}
+		}
+	}
+}
+
+// Go-built values are held to the same ranges by Validate, where the zero
+// value means the default: same message, from the same tag.
+func TestValidateUsesTheSameRanges(t *testing.T) {
+	for _, tc := range []struct {
+		c    Config
+		want string
+	}{
+		{Config{Algorithm: &LeastRequest{ChoiceCount: 1}}, "lodestar config: algorithm least_request: choiceCount: 1 is out of range [2, 100]"},
+		{Config{Algorithm: &LeastRequest{SlowStart: SlowStart{Aggression: -1}}}, "lodestar config: algorithm least_request: slowStart.aggression: -1 is out of range (0, 100]"},
+		{Config{Algorithm: &PeakEWMA{DefaultRTT: time.Hour}}, "lodestar config: algorithm peak_ewma: defaultRTT: 1h0m0s is out of range [1µs, 1m]"},
+		{Config{Algorithm: &RingHash{MaxRingSize: maxRingSize + 1}}, "lodestar config: algorithm ring_hash: maxRingSize: 8388609 is out of range [1, 8388608]"},
+		{Config{WaitForEndpoints: -time.Second}, "lodestar config: waitForEndpoints: -1s is out of range [0, ∞)"},
+		{Config{InitialDiscoveryTimeout: time.Hour}, "lodestar config: initialDiscoveryTimeout: 1h0m0s is out of range [1ms, 10m]"},
+	} {
+		if err := tc.c.Validate(); err == nil || err.Error() != tc.want {
+			t.Errorf("%+v: %v, want %q", tc.c, err, tc.want)
+		}
+	}
+	// Zero values are the defaults, and the bounds are in range.
+	for _, a := range []Algorithm{&LeastRequest{}, &PeakEWMA{}, &RingHash{}, &Maglev{}, &BoundedLoad{}, &RoundRobin{},
+		&RingHash{MinRingSize: maxRingSize, MaxRingSize: maxRingSize}, &Maglev{TableSize: 16777213}} {
+		if err := (Config{Algorithm: a}).Validate(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// Every built-in algorithm's options, every field set, survive MarshalJSON
+// and ParseConfig unchanged.
+func TestConfigRoundTrip(t *testing.T) {
+	bias := 0.0
+	ss := SlowStart{Window: 90 * time.Second, Aggression: 1.5, MinWeightPercent: 5}
+	for _, c := range []Config{
+		{},
+		{Algorithm: &RoundRobin{SlowStart: ss}, AllowEmpty: true, WaitForEndpoints: 250 * time.Millisecond, InitialDiscoveryTimeout: 3 * time.Second},
+		{Algorithm: &WeightedRoundRobin{SlowStart: ss}},
+		{Algorithm: &Random{}},
+		{Algorithm: &WeightedRandom{}},
+		{Algorithm: &LeastRequest{ChoiceCount: 5, ActiveRequestBias: &bias, SlowStart: ss}},
+		{Algorithm: &PeakEWMA{DecayTime: 3 * time.Second, DefaultRTT: 1500 * time.Microsecond, FailurePenalty: time.Minute}},
+		{Algorithm: &RingHash{PointsPerEndpoint: 7, MinRingSize: 10, MaxRingSize: 20, Fallback: FallbackRoundRobin},
+			Affinity: Affinity{Header: "X-U", Cookie: "c", Metadata: "x-u", ClientIP: true}},
+		{Algorithm: &Maglev{TableSize: 251, Fallback: FallbackRandom}},
+		{Algorithm: &BoundedLoad{Balance: 1.125, PointsPerEndpoint: 9, Fallback: FallbackRoundRobin}},
+	} {
+		js, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseConfig(js)
+		if err != nil {
+			t.Errorf("%s: %v", js, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, c) {
+			t.Errorf("%s parsed as %+v, want %+v", js, got, c)
+		}
+	}
+	js, _ := json.Marshal(Config{Algorithm: &PeakEWMA{DecayTime: 3 * time.Second}, WaitForEndpoints: time.Second})
+	if want := `{"algorithm":{"peak_ewma":{"decayTime":"3s"}},"waitForEndpoints":"1s"}`; string(js) != want {
+		t.Errorf("encoded %s, want %s", js, want)
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
 	for _, s := range []string{
 		`{}`, `{"algorithm": "maglev"}`, `{"algorithm": {"least_request": {"choiceCount": 3}}}`,
@@ -127,15 +466,24 @@ func FuzzParseConfig(f *testing.F) {
 		`{"algorithm": {"ring_hash": {"minRingSize": 10}}, "allowEmpty": true}`,
 		`{"algorithm": {"bounded_load": {"balance": 1.1, "fallback": "round_robin"}}}`,
 		`{"algorithm": {"least_request": {"activeRequestBias": 0.5, "slowStart": {"aggression": 3}}}}`,
+		`{"algorithm": {"least_request": {"choicecount": 3}}}`,
+		`{"algorithm": {"least_request": {"choiceCount": 0}}}`,
+		`{"algorithm": {"maglev": {"tableSize": 251, "tableSize": 251}}}`,
+		`{"initialDiscoveryTimeout": "2s", "waitForEndpoints": "0s"} {}`,
+		`{"algorithm": null, "affinity": null, "waitForEndpoints": null}`,
+		`{"algorithm": {"least_request": {"activeRequestBias": -0}}}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, js []byte) {
 		c, err := ParseConfig(js)
 		if err != nil {
+			if !strings.HasPrefix(err.Error(), "lodestar config: ") {
+				t.Fatalf("%s: error %q does not start %q", js, err, "lodestar config: ")
+			}
 			return
 		}
-		// What parses re-encodes, and the encoding parses to the same encoding.
+		// What parses re-encodes, and the encoding parses to an equal config.
 		out, err := json.Marshal(c)
 		if err != nil {
 			t.Fatalf("%s parsed but does not encode: %v", js, err)
@@ -144,8 +492,10 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%s parsed, encoded as %s, which does not parse: %v", js, out, err)
 		}
-		out2, _ := json.Marshal(c2)
-		if !bytes.Equal(out, out2) {
+		if !reflect.DeepEqual(c, c2) {
+			t.Fatalf("%s parsed as %+v, encoded as %s, parsed back as %+v", js, c, out, c2)
+		}
+		if out2, _ := json.Marshal(c2); !bytes.Equal(out, out2) {
 			t.Fatalf("round trip changed %s to %s", out, out2)
 		}
 	})

@@ -1,9 +1,6 @@
 package balancer
 
-import (
-	"fmt"
-	"math"
-)
+import "math"
 
 func init() { Register("least_request", func() Algorithm { return &LeastRequest{} }) }
 
@@ -22,12 +19,12 @@ func init() { Register("least_request", func() Algorithm { return &LeastRequest{
 type LeastRequest struct {
 	// ChoiceCount is how many endpoints are sampled per pick (Envoy's
 	// choice_count). Default 2; valid 2-100.
-	ChoiceCount int `json:"choiceCount,omitempty"`
+	ChoiceCount int `json:"choiceCount,omitempty" range:"[2, 100]"`
 	// ActiveRequestBias is how strongly in-flight requests count against a
 	// weighted endpoint (Envoy's active_request_bias): 0 ignores them (weighted
 	// random), 1 divides the weight by inflight+1. nil means the default, 1.0.
 	// Valid 0-100. Used only when weights differ or an endpoint ramps.
-	ActiveRequestBias *float64 `json:"activeRequestBias,omitempty"`
+	ActiveRequestBias *float64 `json:"activeRequestBias,omitempty" range:"[0, 100]"`
 	// SlowStart ramps new and returning endpoints up (see SlowStart). Default off.
 	SlowStart SlowStart `json:"slowStart,omitzero"`
 }
@@ -37,11 +34,8 @@ func (*LeastRequest) Name() string { return "least_request" }
 
 // Validate checks ChoiceCount, ActiveRequestBias and SlowStart.
 func (a *LeastRequest) Validate() error {
-	if a.ChoiceCount != 0 && (a.ChoiceCount < 2 || a.ChoiceCount > 100) {
-		return fmt.Errorf("choiceCount: %d is out of range [2, 100]", a.ChoiceCount)
-	}
-	if b := a.ActiveRequestBias; b != nil && !(*b >= 0 && *b <= 100) {
-		return fmt.Errorf("activeRequestBias: %v is out of range [0, 100]", *b)
+	if err := CheckRanges(a); err != nil {
+		return err
 	}
 	return a.SlowStart.Validate()
 }

@@ -29,21 +29,22 @@ func init() { Register("maglev", func() Algorithm { return &Maglev{} }) }
 type Maglev struct {
 	// TableSize is the number of slots, a prime. Default 65537; valid primes
 	// 3-16,777,213.
-	TableSize int `json:"tableSize,omitempty"`
+	TableSize int `json:"tableSize,omitempty" range:"[3, 16777213]"` // 16777213: the largest prime below 2^24
 	// Fallback is what a request without an affinity key gets: "random" (the
 	// default) or "round_robin".
 	Fallback string `json:"fallback,omitempty"`
 }
-
-const maxMaglevSize = 16777213 // largest prime below 2^24
 
 // Name returns "maglev".
 func (*Maglev) Name() string { return "maglev" }
 
 // Validate checks TableSize and Fallback.
 func (a *Maglev) Validate() error {
-	if a.TableSize != 0 && (a.TableSize < 3 || a.TableSize > maxMaglevSize || !isPrime(uint64(a.TableSize))) {
-		return fmt.Errorf("tableSize: %d is not a prime in [3, %d]", a.TableSize, maxMaglevSize)
+	if err := CheckRanges(a); err != nil {
+		return err
+	}
+	if a.TableSize != 0 && !isPrime(uint64(a.TableSize)) {
+		return fmt.Errorf("tableSize: %d is not a prime", a.TableSize)
 	}
 	return validateFallback(a.Fallback)
 }

@@ -1,8 +1,6 @@
 package balancer
 
 import (
-	"encoding/json"
-	"fmt"
 	"math"
 	"time"
 
@@ -42,79 +40,34 @@ type PeakEWMA struct {
 	// DecayTime is the time constant of the moving average: a latency observed
 	// that long ago weighs 1/e of one observed now. 0 means the default, 10s.
 	// Valid 1ms-1h.
-	DecayTime time.Duration
+	DecayTime time.Duration `json:"decayTime,omitempty" range:"[1ms, 1h]"`
 	// DefaultRTT is the latency assumed for an endpoint with no outcome yet.
 	// 0 means the default, 30ms. Valid 1µs-1m.
-	DefaultRTT time.Duration
+	DefaultRTT time.Duration `json:"defaultRTT,omitempty" range:"[1µs, 1m]"`
 	// FailurePenalty is the least latency a failed request counts as.
 	// 0 means the default, 1s. Valid 1µs-1h.
-	FailurePenalty time.Duration
+	FailurePenalty time.Duration `json:"failurePenalty,omitempty" range:"[1µs, 1h]"`
 }
 
-type peakEWMAJSON struct {
-	DecayTime      string `json:"decayTime,omitempty"`
-	DefaultRTT     string `json:"defaultRTT,omitempty"`
-	FailurePenalty string `json:"failurePenalty,omitempty"`
-}
+// peakEWMAFields is PeakEWMA without its JSON methods, for the strict codec.
+type peakEWMAFields PeakEWMA
 
-// UnmarshalJSON reads the JSON form, rejecting unknown fields.
+// UnmarshalJSON reads the JSON form, as Config's doc describes: exact field
+// names, durations as strings, written values range-checked.
 func (a *PeakEWMA) UnmarshalJSON(js []byte) error {
-	var raw peakEWMAJSON
-	if err := decodeStrict(js, &raw); err != nil {
-		return err
-	}
-	var na PeakEWMA
-	for _, f := range []struct {
-		name string
-		s    string
-		d    *time.Duration
-	}{{"decayTime", raw.DecayTime, &na.DecayTime}, {"defaultRTT", raw.DefaultRTT, &na.DefaultRTT},
-		{"failurePenalty", raw.FailurePenalty, &na.FailurePenalty}} {
-		if f.s == "" {
-			continue
-		}
-		d, err := time.ParseDuration(f.s)
-		if err != nil {
-			return fmt.Errorf("%s: %w", f.name, err)
-		}
-		*f.d = d
-	}
-	*a = na
-	return nil
+	return decodeStrict(js, (*peakEWMAFields)(a))
 }
 
 // MarshalJSON writes the form UnmarshalJSON reads.
 func (a PeakEWMA) MarshalJSON() ([]byte, error) {
-	str := func(d time.Duration) string {
-		if d == 0 {
-			return ""
-		}
-		return d.String()
-	}
-	return json.Marshal(peakEWMAJSON{str(a.DecayTime), str(a.DefaultRTT), str(a.FailurePenalty)})
+	return encodeJSON((*peakEWMAFields)(&a))
 }
 
 // Name returns "peak_ewma".
 func (*PeakEWMA) Name() string { return "peak_ewma" }
 
 // Validate checks the durations.
-func (a *PeakEWMA) Validate() error {
-	for _, f := range []struct {
-		name     string
-		d        time.Duration
-		min, max time.Duration
-		rng      string
-	}{
-		{"decayTime", a.DecayTime, time.Millisecond, time.Hour, "[1ms, 1h]"},
-		{"defaultRTT", a.DefaultRTT, time.Microsecond, time.Minute, "[1µs, 1m]"},
-		{"failurePenalty", a.FailurePenalty, time.Microsecond, time.Hour, "[1µs, 1h]"},
-	} {
-		if f.d != 0 && (f.d < f.min || f.d > f.max) {
-			return fmt.Errorf("%s: %v is out of range %s (0 means the default)", f.name, f.d, f.rng)
-		}
-	}
-	return nil
-}
+func (a *PeakEWMA) Validate() error { return CheckRanges(a) }
 
 func (a *PeakEWMA) params() ewmaParams {
 	p := ewmaParams{tauMs: 10_000, def: float64(30 * time.Millisecond), penalty: float64(time.Second)}

@@ -25,19 +25,20 @@ func init() { Register("ring_hash", func() Algorithm { return &RingHash{} }) }
 type RingHash struct {
 	// PointsPerEndpoint is how many ring points an endpoint of average weight
 	// gets. Default 2048; valid 1-65536.
-	PointsPerEndpoint int `json:"pointsPerEndpoint,omitempty"`
+	PointsPerEndpoint int `json:"pointsPerEndpoint,omitempty" range:"[1, 65536]"`
 	// MinRingSize is the least number of points on the ring. Default 1024;
 	// valid 1-8,388,608 and at most MaxRingSize.
-	MinRingSize int `json:"minRingSize,omitempty"`
+	MinRingSize int `json:"minRingSize,omitempty" range:"[1, 8388608]"`
 	// MaxRingSize is the most points on the ring; it bounds memory (12 bytes a
 	// point below 65,536 endpoints) and rebuild time. Default 4,194,304; valid
 	// 1-8,388,608.
-	MaxRingSize int `json:"maxRingSize,omitempty"`
+	MaxRingSize int `json:"maxRingSize,omitempty" range:"[1, 8388608]"`
 	// Fallback is what a request without an affinity key gets: "random" (the
 	// default) or "round_robin".
 	Fallback string `json:"fallback,omitempty"`
 }
 
+// maxRingSize is the upper bound of MinRingSize's and MaxRingSize's range tags.
 const maxRingSize = 8 << 20
 
 // Name returns "ring_hash".
@@ -45,14 +46,8 @@ func (*RingHash) Name() string { return "ring_hash" }
 
 // Validate checks every field.
 func (a *RingHash) Validate() error {
-	if a.PointsPerEndpoint < 0 || a.PointsPerEndpoint > 65536 {
-		return fmt.Errorf("pointsPerEndpoint: %d is out of range [1, 65536]", a.PointsPerEndpoint)
-	}
-	if a.MinRingSize < 0 || a.MinRingSize > maxRingSize {
-		return fmt.Errorf("minRingSize: %d is out of range [1, %d]", a.MinRingSize, maxRingSize)
-	}
-	if a.MaxRingSize < 0 || a.MaxRingSize > maxRingSize {
-		return fmt.Errorf("maxRingSize: %d is out of range [1, %d]", a.MaxRingSize, maxRingSize)
+	if err := CheckRanges(a); err != nil {
+		return err
 	}
 	if mn, mx := a.sizes(); mn > mx {
 		return fmt.Errorf("minRingSize: %d is above maxRingSize %d", mn, mx)

@@ -1,8 +1,6 @@
 package balancer
 
 import (
-	"encoding/json"
-	"fmt"
 	"math"
 	"sync/atomic"
 	"time"
@@ -27,60 +25,32 @@ import (
 type SlowStart struct {
 	// Window is how long a new endpoint ramps. 0, the default, turns slow start
 	// off. Valid 0-1h. JSON: a duration string such as "30s".
-	Window time.Duration
+	Window time.Duration `json:"window,omitempty" range:"[0, 1h]"`
 	// Aggression shapes the ramp: 1 is linear, above 1 ramps faster early, below
 	// 1 slower. 0 means the default, 1.0. Valid (0, 100].
-	Aggression float64
+	Aggression float64 `json:"aggression,omitempty" range:"(0, 100]"`
 	// MinWeightPercent is the smallest share of its full weight an endpoint gets
 	// while it ramps, in percent. 0 means the default, 10. Valid (0, 100].
-	MinWeightPercent float64
+	MinWeightPercent float64 `json:"minWeightPercent,omitempty" range:"(0, 100]"`
 }
 
-type slowStartJSON struct {
-	Window           string  `json:"window,omitempty"`
-	Aggression       float64 `json:"aggression,omitempty"`
-	MinWeightPercent float64 `json:"minWeightPercent,omitempty"`
-}
+// slowStartFields is SlowStart without its JSON methods, for the strict codec.
+type slowStartFields SlowStart
 
-// UnmarshalJSON reads the JSON form, rejecting unknown fields.
+// UnmarshalJSON reads the JSON form, as Config's doc describes: exact field
+// names, the window as a duration string, written values range-checked.
 func (s *SlowStart) UnmarshalJSON(js []byte) error {
-	var raw slowStartJSON
-	if err := decodeStrict(js, &raw); err != nil {
-		return fmt.Errorf("slowStart: %w", err)
-	}
-	ns := SlowStart{Aggression: raw.Aggression, MinWeightPercent: raw.MinWeightPercent}
-	if raw.Window != "" {
-		d, err := time.ParseDuration(raw.Window)
-		if err != nil {
-			return fmt.Errorf("slowStart.window: %w", err)
-		}
-		ns.Window = d
-	}
-	*s = ns
-	return nil
+	return decodeStrict(js, (*slowStartFields)(s))
 }
 
 // MarshalJSON writes the form UnmarshalJSON reads.
 func (s SlowStart) MarshalJSON() ([]byte, error) {
-	raw := slowStartJSON{Aggression: s.Aggression, MinWeightPercent: s.MinWeightPercent}
-	if s.Window != 0 {
-		raw.Window = s.Window.String()
-	}
-	return json.Marshal(raw)
+	return encodeJSON((*slowStartFields)(&s))
 }
 
-// Validate reports the first out-of-range field.
+// Validate reports the first out-of-range field, as "slowStart.FIELD: ...".
 func (s SlowStart) Validate() error {
-	if s.Window < 0 || s.Window > time.Hour {
-		return fmt.Errorf("slowStart.window: %v is out of range [0, 1h]", s.Window)
-	}
-	if !(s.Aggression >= 0 && s.Aggression <= 100) { // also rejects NaN
-		return fmt.Errorf("slowStart.aggression: %v is out of range (0, 100]", s.Aggression)
-	}
-	if !(s.MinWeightPercent >= 0 && s.MinWeightPercent <= 100) {
-		return fmt.Errorf("slowStart.minWeightPercent: %v is out of range (0, 100]", s.MinWeightPercent)
-	}
-	return nil
+	return inField("slowStart", CheckRanges(&s))
 }
 
 // slowStart is a picker's view of the ramp: it knows when the last endpoint of
