@@ -38,7 +38,23 @@
 //     meta keys cannot contain ':' or '.', so these never collide with the
 //     service's own keys.
 //
-// Critical instances and instances in maintenance never appear.
+// Critical instances and instances in maintenance never appear. An instance
+// whose address (the service's, or its node's) is not a host name or IP
+// address, such as "10.0.0.1:8080" or "web internal", or whose port is not in
+// 1-65535, is left out while the rest of the set is served; one error reported
+// with the set counts them and names their service IDs.
+//
+// # ACLs
+//
+// An answer from which Consul's ACLs removed instances is not published: the
+// feed reports ErrFilteredByACLs and keeps the last set, as for any failed
+// query. Consul flags such answers (X-Consul-Results-Filtered-By-ACLs) only
+// for a real token; for the anonymous token (no token sent), the feed treats
+// an empty answer under a default-deny policy the same way.
+//
+// The token (and a basic auth password) never appears in an error: target
+// errors never quote it, and errors the agent or the HTTP client make are
+// scrubbed of it. An agent address with user information is rejected.
 package consul
 
 import (
@@ -78,6 +94,13 @@ const (
 
 // queryBurst is the burst of the watch loop's token bucket.
 const queryBurst = 2
+
+// ErrFilteredByACLs is reported (wrapped, with the service and what to do)
+// when Consul's ACLs removed instances from an answer, or may have: the token
+// lacks service:read on the service or node:read on some of its nodes. The
+// answer is not published; the last set stays in force and the query is
+// retried with backoff.
+var ErrFilteredByACLs = errors.New("permissions (ACLs) filtered the answer")
 
 // Options configure a Consul feed. Only Service is required; every other zero
 // field takes the default its comment gives.
@@ -196,10 +219,12 @@ func (o *Options) setDefaults() {
 // Feed is a resolver.Feed over one Consul service. Make it with New; several
 // Watch calls may run at once, each with its own blocking-query loop.
 type Feed struct {
-	opts   Options
-	client *api.Client
-	http   *http.Client
-	addr   string // agent address, for errors
+	opts      Options
+	client    *api.Client
+	http      *http.Client
+	addr      string   // agent address, redacted, for errors
+	anonymous bool     // no token is sent
+	secrets   []string // the token and passwords, never to appear in an error
 }
 
 var _ resolver.Feed = (*Feed)(nil)
@@ -224,11 +249,62 @@ func New(opts Options) (*Feed, error) {
 	if opts.Token != "" {
 		cfg.Token = opts.Token
 	}
-	client, err := api.NewClient(&cfg)
-	if err != nil {
-		return nil, fmt.Errorf("consul feed: agent client for %q: %w", cfg.Address, err)
+	if hasUserinfo(cfg.Address) {
+		// The api client would take it for part of the host name, and quote it.
+		return nil, fmt.Errorf("consul feed: agent address %q: user information is not supported (set Config.HttpAuth for basic auth, Options.Token for the ACL token)", resolver.Redact(cfg.Address))
 	}
-	return &Feed{opts: opts, client: client, http: cfg.HttpClient, addr: cfg.Address}, nil
+	secrets := configSecrets(&cfg)
+	client, err := api.NewClient(&cfg) // reads a TokenFile into cfg.Token
+	if err != nil {
+		return nil, scrub(fmt.Errorf("consul feed: agent client for %q: %w", resolver.Redact(cfg.Address), err), secrets)
+	}
+	secrets = append(secrets, configSecrets(&cfg)...)
+	return &Feed{opts: opts, client: client, http: cfg.HttpClient, addr: resolver.Redact(cfg.Address),
+		anonymous: cfg.Token == "", secrets: secrets}, nil
+}
+
+// hasUserinfo reports whether an agent address ("host:port", or a URL such as
+// "https://host:8501" or "unix:///path") has user information: an '@' in its
+// authority.
+func hasUserinfo(addr string) bool {
+	_, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		rest = addr
+	}
+	host, _, _ := strings.Cut(rest, "/")
+	return strings.Contains(host, "@")
+}
+
+// configSecrets returns what in cfg must never appear in an error: the token
+// and the HTTP basic auth password.
+func configSecrets(cfg *api.Config) []string {
+	out := []string{cfg.Token}
+	if cfg.HttpAuth != nil {
+		out = append(out, cfg.HttpAuth.Password)
+	}
+	return out
+}
+
+// scrub returns err, or when its text holds one of secrets, an error of the
+// same text with each secret replaced. It then drops err's chain, which would
+// still hold them.
+func scrub(err error, secrets []string) error {
+	msg := err.Error()
+	clean := msg
+	for _, s := range secrets {
+		if s != "" {
+			clean = strings.ReplaceAll(clean, s, "REDACTED")
+		}
+	}
+	if clean == msg {
+		return err
+	}
+	return errors.New(clean)
+}
+
+// report hands err, about the feed, to s without any secret.
+func (f *Feed) report(s resolver.Sink, err error) {
+	s.ReportError(scrub(fmt.Errorf("%s: %w", f, err), f.secrets))
 }
 
 // Options returns the feed's options with defaults filled in.
@@ -251,10 +327,11 @@ func (f *Feed) Watch(ctx context.Context, s resolver.Sink) error {
 	defer f.http.CloseIdleConnections()
 	limiter := rate.NewLimiter(rate.Limit(f.opts.QueryRate), queryBurst)
 	var (
-		index     uint64 // 0: the next query does not block
-		last      []resolver.Endpoint
-		published bool
-		failures  int
+		index       uint64 // 0: the next query does not block
+		last        []resolver.Endpoint
+		published   bool
+		failures    int
+		lastDropped string // the last report of left-out instances
 	)
 	for {
 		if err := limiter.Wait(ctx); err != nil {
@@ -267,7 +344,7 @@ func (f *Feed) Watch(ctx context.Context, s resolver.Sink) error {
 			return ctx.Err()
 		}
 		if err != nil {
-			s.ReportError(fmt.Errorf("%s: %w", f, err))
+			f.report(s, err)
 			// The agent may have been replaced (and its index restarted), so the
 			// next query starts afresh instead of blocking on a stale index.
 			index = 0
@@ -281,11 +358,18 @@ func (f *Feed) Watch(ctx context.Context, s resolver.Sink) error {
 		index = nextIndex(index, meta.LastIndex)
 
 		eps, dropped := f.endpoints(entries)
-		if published && resolver.EqualSets(last, eps) {
-			continue // a timeout or a change we do not see: publish nothing
+		changed := !published || !resolver.EqualSets(last, eps)
+		// Left-out instances are reported with each new set, and whenever they
+		// change (an instance added with a bad address changes no set).
+		if dropped != nil && (changed || dropped.Error() != lastDropped) {
+			f.report(s, dropped)
 		}
+		lastDropped = ""
 		if dropped != nil {
-			s.ReportError(fmt.Errorf("%s: %w", f, dropped))
+			lastDropped = dropped.Error()
+		}
+		if !changed {
+			continue // a timeout or a change we do not see: publish nothing
 		}
 		last, published = eps, true
 		s.Update(slices.Clone(eps))
@@ -331,7 +415,27 @@ func (f *Feed) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *a
 	if meta == nil {
 		return nil, nil, errors.New("query answer without metadata")
 	}
+	if err := f.checkACLs(entries, meta); err != nil {
+		return nil, nil, err
+	}
 	return entries, meta, nil
+}
+
+// checkACLs reports an answer Consul's ACLs filtered. Consul flags one only
+// for a real token (it tells the anonymous token nothing), so for the
+// anonymous token an empty answer under a default-deny policy counts too.
+func (f *Feed) checkACLs(entries []*api.ServiceEntry, meta *api.QueryMeta) error {
+	const fix = "the token needs service:read on the service and node:read on its nodes"
+	switch {
+	case meta.ResultsFilteredByACLs:
+		return fmt.Errorf("%w: Consul removed instances of service %q the token may not read (%d left); %s; the answer is not published",
+			ErrFilteredByACLs, f.opts.Service, len(entries), fix)
+	case f.anonymous && len(entries) == 0 && meta.DefaultACLPolicy == "deny":
+		return fmt.Errorf("%w, most likely: no ACL token was sent, the agent's default ACL policy is deny, and the answer for service %q is empty "+
+			"(Consul does not flag filtering for the anonymous token); %s (Options.Token, ?token= or CONSUL_HTTP_TOKEN); the answer is not published",
+			ErrFilteredByACLs, f.opts.Service, fix)
+	}
+	return nil
 }
 
 // sleep waits d or until ctx is done; it reports whether it waited d.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,43 +36,103 @@ const (
 )
 
 // endpoints maps a health answer to a set sorted by address. Entries that cannot
-// be served are left out; those that are broken (no address, a bad port, a
-// duplicate address) are also described in the returned error.
+// be served are left out; those that are broken (no address, an address that is
+// not a host, a bad port, a duplicate address) are also counted in the returned
+// error, one for the whole answer, which names their service IDs by reason.
 func (f *Feed) endpoints(entries []*api.ServiceEntry) ([]resolver.Endpoint, error) {
 	eps := make([]resolver.Endpoint, 0, len(entries))
 	seen := make(map[string]bool, len(entries))
-	var errs []error
+	var drops []*dropError
 	for _, e := range entries {
 		ep, ok, err := f.opts.endpoint(e)
 		if err != nil {
-			errs = append(errs, err)
+			var d *dropError
+			if !errors.As(err, &d) {
+				d = &dropError{why: "that cannot be mapped", id: instanceID(e), msg: err.Error()}
+			}
+			drops = append(drops, d)
 			continue
 		}
 		if !ok {
 			continue
 		}
 		if seen[ep.Address] {
-			errs = append(errs, fmt.Errorf("instance %s: address %s is also another instance's; left out", instanceID(e), ep.Address))
+			drops = append(drops, &dropError{why: "whose address is also another instance's", id: instanceID(e),
+				detail: ep.Address, msg: fmt.Sprintf("instance %s: address %s is also another instance's; left out", instanceID(e), ep.Address)})
 			continue
 		}
 		seen[ep.Address] = true
 		eps = append(eps, ep)
 	}
 	slices.SortFunc(eps, func(a, b resolver.Endpoint) int { return strings.Compare(a.Address, b.Address) })
-	if len(errs) > 0 {
-		return eps, fmt.Errorf("left out %d instance(s): %w", len(errs), errors.Join(errs...))
+	if len(drops) == 0 {
+		return eps, nil
 	}
-	return eps, nil
+	// One clause per reason, in the order the reasons first appear.
+	var whys []string
+	byWhy := map[string][]string{}
+	for _, d := range drops {
+		if _, ok := byWhy[d.why]; !ok {
+			whys = append(whys, d.why)
+		}
+		item := d.id
+		if d.detail != "" {
+			item += " (" + d.detail + ")"
+		}
+		byWhy[d.why] = append(byWhy[d.why], item)
+	}
+	clauses := make([]string, len(whys))
+	for i, why := range whys {
+		clauses[i] = fmt.Sprintf("%d %s: %s", len(byWhy[why]), why, strings.Join(byWhy[why], ", "))
+	}
+	return eps, fmt.Errorf("left out %d instance(s) that cannot be served, serving the other %d: %s",
+		len(drops), len(eps), strings.Join(clauses, "; "))
 }
+
+// dropError says why an entry cannot be served.
+type dropError struct {
+	why    string // the reason, shared by the entries it groups: "whose port is not in 1-65535"
+	id     string // the instance: its service ID, or "node/ID" when the node is known
+	detail string // what is wrong with this one, such as its address; may be empty
+	msg    string // the whole error
+}
+
+func (e *dropError) Error() string { return e.msg }
 
 func instanceID(e *api.ServiceEntry) string {
 	if e == nil || e.Service == nil {
 		return "?"
 	}
-	if e.Node != nil {
+	if e.Node != nil && e.Node.Node != "" {
 		return e.Node.Node + "/" + e.Service.ID
 	}
 	return e.Service.ID
+}
+
+// validHost reports whether h is an IP address (an IPv6 one may carry a zone)
+// or a DNS host name: labels of 1-63 letters, digits, '-' and '_', at most 253
+// characters in all, with an optional final dot. It rejects what instances are
+// often registered with by mistake: "10.0.0.1:8080", "web internal", a URL.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	n := strings.TrimSuffix(h, ".")
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(n, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // endpoint maps one health entry. ok is false for an instance that is not to be
@@ -79,7 +140,7 @@ func instanceID(e *api.ServiceEntry) string {
 // with a warning weight of 0); err describes an entry that cannot be mapped.
 func (o *Options) endpoint(e *api.ServiceEntry) (ep resolver.Endpoint, ok bool, err error) {
 	if e == nil || e.Service == nil {
-		return ep, false, errors.New("health entry without a service")
+		return ep, false, &dropError{why: "without a service", id: "?", msg: "health entry without a service"}
 	}
 	svc, node := e.Service, e.Node
 	if node == nil {
@@ -100,21 +161,25 @@ func (o *Options) endpoint(e *api.ServiceEntry) (ep resolver.Endpoint, ok bool, 
 		return ep, false, nil
 	}
 
-	host := svc.Address
+	host, from := svc.Address, "service address"
 	if host == "" {
-		host = node.Address
+		host, from = node.Address, "node address"
 	}
+	id := instanceID(e)
 	if host == "" {
-		return ep, false, fmt.Errorf("instance %s: neither the service nor its node has an address", instanceID(e))
+		return ep, false, &dropError{why: "with neither a service nor a node address", id: id,
+			msg: fmt.Sprintf("instance %s: neither the service nor its node has an address", id)}
+	}
+	if !validHost(host) {
+		return ep, false, &dropError{why: "whose address is not a host name or IP address", id: id, detail: fmt.Sprintf("%s %q", from, host),
+			msg: fmt.Sprintf("instance %s: %s %q is not a host name or IP address", id, from, host)}
 	}
 	port := svc.DefaultPort()
 	if port <= 0 || port > 65535 {
-		return ep, false, fmt.Errorf("instance %s: port %d is not in 1-65535", instanceID(e), port)
+		return ep, false, &dropError{why: "whose port is not in 1-65535", id: id, detail: fmt.Sprintf("port %d", port),
+			msg: fmt.Sprintf("instance %s: port %d is not in 1-65535", id, port)}
 	}
 	ep.Address = net.JoinHostPort(host, strconv.Itoa(port))
-	if h, _, err := net.SplitHostPort(ep.Address); err != nil || h != host {
-		return ep, false, fmt.Errorf("instance %s: address %q is not a host name or IP address", instanceID(e), host)
-	}
 	if weight > 0 {
 		ep.Weight = uint32(min(weight, resolver.MaxWeight))
 	}

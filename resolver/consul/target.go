@@ -47,13 +47,17 @@ func build(u *url.URL) (resolver.Feed, error) {
 //
 // Anything else (an unknown parameter, a user:password@, a fragment, a path
 // with more than one segment) is rejected with an error naming it.
+//
+// No error carries the token: errors quote the target only as resolver.Redact
+// returns it, and never quote user information, a fragment, the token or any
+// value of a parameter that is not one of the above.
 func ParseTarget(target string) (Options, error) {
-	u, err := url.Parse(target)
+	u, err := resolver.ParseURL(target)
 	if err != nil {
-		return Options{}, fmt.Errorf("consul target %q: %w", target, err)
+		return Options{}, fmt.Errorf("consul target %q: %w", resolver.Redact(target), err)
 	}
 	if u.Scheme != Scheme {
-		return Options{}, fmt.Errorf("consul target %q: scheme %q is not %q", target, u.Scheme, Scheme)
+		return Options{}, fmt.Errorf("consul target %q: scheme %q is not %q", resolver.Redact(target), u.Scheme, Scheme)
 	}
 	return optionsFromURL(u)
 }
@@ -62,14 +66,15 @@ const targetForm = "want consul://[agent-host:port]/service?tag=...&dc=..."
 
 func optionsFromURL(u *url.URL) (Options, error) {
 	var o Options
+	// None of these errors quotes what it rejects: it may hold the token.
 	if u.Opaque != "" {
-		return o, fmt.Errorf("consul target: %q after the scheme is not //[authority]/service (%s)", u.Opaque, targetForm)
+		return o, fmt.Errorf(`consul target: no "//" after "consul:"; want //[authority]/service (%s)`, targetForm)
 	}
 	if u.User != nil {
-		return o, fmt.Errorf("consul target: user information %q in the authority is not supported (pass the ACL token as ?token= or CONSUL_HTTP_TOKEN)", u.User.Username())
+		return o, errors.New("consul target: user information in the authority is not supported (pass the ACL token as ?token= or CONSUL_HTTP_TOKEN)")
 	}
-	if u.Fragment != "" {
-		return o, fmt.Errorf("consul target: unexpected fragment %q", u.Fragment)
+	if u.Fragment != "" || u.RawFragment != "" {
+		return o, fmt.Errorf("consul target: unexpected fragment (%s)", targetForm)
 	}
 	if u.Host != "" {
 		addr, err := agentAddress(u.Host)
@@ -87,9 +92,9 @@ func optionsFromURL(u *url.URL) (Options, error) {
 	}
 	o.Service = name
 
-	q, err := url.ParseQuery(u.RawQuery)
+	q, err := parseQuery(u.RawQuery)
 	if err != nil {
-		return o, fmt.Errorf("consul target: query %q: %w", u.RawQuery, err)
+		return o, fmt.Errorf("consul target: query: %w", err)
 	}
 	for key, vals := range q {
 		if key != "tag" && len(vals) > 1 {
@@ -141,7 +146,7 @@ func optionsFromURL(u *url.URL) (Options, error) {
 		}
 		if err != nil {
 			if key == "token" {
-				v = "<redacted>"
+				return o, fmt.Errorf("consul target: parameter token: %w", err)
 			}
 			return o, fmt.Errorf("consul target: parameter %s=%q: %w", key, v, err)
 		}
@@ -150,6 +155,35 @@ func optionsFromURL(u *url.URL) (Options, error) {
 		return o, fmt.Errorf("consul target: %w", err)
 	}
 	return o, nil
+}
+
+// parseQuery is url.ParseQuery with errors that name the parameter but never
+// quote a value, which may be the token, nor the name of a parameter written
+// with ';', whose value it cannot tell apart.
+func parseQuery(raw string) (url.Values, error) {
+	q := url.Values{}
+	for i, seg := range strings.Split(raw, "&") {
+		if seg == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(seg, "=")
+		if strings.Contains(k, ";") {
+			return nil, fmt.Errorf("parameter %d: ';' is not a separator (use '&')", i+1)
+		}
+		key, err := url.QueryUnescape(k)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %d: its name has an invalid %%-escape (want '%%' and two hex digits)", i+1)
+		}
+		if strings.Contains(v, ";") {
+			return nil, fmt.Errorf("parameter %q: ';' is not a separator (use '&')", key)
+		}
+		val, err := url.QueryUnescape(v)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %q: its value has an invalid %%-escape (want '%%' and two hex digits)", key)
+		}
+		q[key] = append(q[key], val)
+	}
+	return q, nil
 }
 
 func nonEmpty(v string) (string, error) {

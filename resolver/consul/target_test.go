@@ -69,7 +69,7 @@ func TestParseTargetErrorsNameThePart(t *testing.T) {
 		"consul:///web?wait=11m":             "WaitTime",
 		"consul:///web?colour=blue":          `unknown parameter "colour"`,
 		"consul:///web?dc=a&dc=b":            `"dc" given 2 times`,
-		"consul:///web?token=":               "token=",
+		"consul:///web?token=":               "parameter token",
 		"consul://127.0.0.1:99999/web":       "port",
 		"consul://127.0.0.1:0/web":           "port",
 		"consul://:8500/web":                 "empty host",

@@ -26,15 +26,21 @@
 //     a record of weight 0 gets weight 1, a sixteenth of a weight-1 record (RFC
 //     2782: weight 0 has a very small chance of selection when others have more).
 //     When every record of a priority has weight 0, they share equally.
-//   - Priority: the rank of the SRV priority among the answer's distinct
-//     priorities (0 for the lowest SRV priority, 1 for the next, ...), as
-//     lodestar's failover tiers start at 0.
+//   - Priority: the rank of the SRV priority among the distinct priorities of
+//     the answer's usable records (0 for the lowest SRV priority, 1 for the
+//     next, ...), as lodestar's failover tiers start at 0. Records with port
+//     0 or target "." are unusable and ignored, so they take no tier.
 //   - Metadata: "srv.target", "srv.port", "srv.priority" and "srv.weight", the
 //     record's own values.
 //
 // An address found under several records keeps the most preferred one (lowest
-// priority, then highest weight). When one target fails to resolve, its
-// addresses from the last good answer are kept and the error is reported.
+// priority, then highest weight).
+//
+// Each query has its own deadline, Options.Timeout: the SRV lookup, then each
+// target's lookup, in parallel. A target that fails or does not answer in
+// time keeps its addresses from the last good answer (a target never resolved
+// is left out) while the other targets are published, and the error reported
+// names it.
 //
 // A/AAAA endpoints carry weight 0 (the default weight) and the metadata
 // "dns.name".
@@ -62,7 +68,8 @@ const (
 	DefaultMinInterval = time.Second
 	// DefaultMaxInterval is the longest time between two lookups.
 	DefaultMaxInterval = 30 * time.Second
-	// DefaultTimeout bounds one refresh (every query it makes).
+	// DefaultTimeout bounds each lookup of a refresh: the A/AAAA lookup, or
+	// the SRV lookup and then each SRV target's lookup.
 	DefaultTimeout = 10 * time.Second
 	// srvWeightScale multiplies SRV weights: 65535·16 stays below
 	// resolver.MaxWeight, and weight 0 maps to 1.
@@ -99,7 +106,9 @@ type Options struct {
 	// MaxInterval is the longest time between two lookups: the refresh period
 	// while lookups succeed. Default DefaultMaxInterval (30s).
 	MaxInterval time.Duration
-	// Timeout bounds one refresh, with every query it makes. Default
+	// Timeout bounds each lookup of a refresh on its own: the A/AAAA lookup,
+	// or the SRV lookup and then each SRV target's lookup, so that a target
+	// whose server never answers costs only its own addresses. Default
 	// DefaultTimeout (10s).
 	Timeout time.Duration
 	// Backoff spaces out retries after a failed lookup, with jitter; each delay
@@ -399,18 +408,13 @@ type result struct {
 	partial, err error
 }
 
-// lookupAsync runs lookup bounded by Timeout and returns its result, or false
-// as soon as ctx is done. The standard resolver does not abandon a query when
-// its context is cancelled (it waits for the query's own timeout), so the
-// lookup runs on its own goroutine, which Watch does not wait for: it ends
-// when the resolver gives up.
+// lookupAsync runs lookup and returns its result, or false as soon as ctx is
+// done. lookup bounds each of its queries by Timeout.
 func (f *Feed) lookupAsync(ctx context.Context, cache map[string][]netip.Addr) (result, bool) {
 	ch := make(chan result, 1)
 	go func() {
-		lctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
-		defer cancel()
 		var r result
-		r.eps, r.cache, r.partial, r.err = f.lookup(lctx, cache)
+		r.eps, r.cache, r.partial, r.err = f.lookup(ctx, cache)
 		ch <- r
 	}()
 	select {
@@ -424,11 +428,49 @@ func (f *Feed) lookupAsync(ctx context.Context, cache map[string][]netip.Addr) (
 	}
 }
 
+// bounded runs one lookup with its own deadline, Timeout, and returns by then
+// whatever the resolver does. The standard resolver does not abandon a query
+// when its context ends (it waits for the query's own timeout), so the lookup
+// runs on a goroutine of its own, which bounded does not wait for: it ends when
+// the resolver gives up. The error of a lookup cut short says so.
+func bounded[T any](ctx context.Context, timeout time.Duration, lookup func(context.Context) (T, error)) (T, error) {
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	type answer struct {
+		v   T
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		v, err := lookup(lctx)
+		ch <- answer{v, err}
+	}()
+	var zero T
+	select {
+	case a := <-ch:
+		if a.err != nil && ctx.Err() == nil && lctx.Err() != nil {
+			return a.v, fmt.Errorf("no answer within %v: %w", timeout, a.err)
+		}
+		return a.v, a.err
+	case <-lctx.Done():
+		if err := ctx.Err(); err != nil {
+			return zero, err
+		}
+		return zero, fmt.Errorf("no answer within %v", timeout)
+	}
+}
+
 // lookup does one refresh. err means nothing usable was found (the last set
-// stays); partial describes SRV targets that failed and were served from cache.
+// stays); partial describes SRV targets that failed and were served from cache
+// or left out.
 func (f *Feed) lookup(ctx context.Context, cache map[string][]netip.Addr) (eps []resolver.Endpoint, newCache map[string][]netip.Addr, partial, err error) {
+	lookupIP := func(name string) ([]netip.Addr, error) {
+		return bounded(ctx, f.opts.Timeout, func(ctx context.Context) ([]netip.Addr, error) {
+			return f.opts.Resolver.LookupNetIP(ctx, f.opts.Network, name)
+		})
+	}
 	if !f.srv {
-		ips, err := f.opts.Resolver.LookupNetIP(ctx, f.opts.Network, f.name)
+		ips, err := lookupIP(f.name)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -439,7 +481,10 @@ func (f *Feed) lookup(ctx context.Context, cache map[string][]netip.Addr) (eps [
 		return eps, nil, nil, nil
 	}
 
-	_, srvs, err := f.opts.Resolver.LookupSRV(ctx, "", "", f.name)
+	srvs, err := bounded(ctx, f.opts.Timeout, func(ctx context.Context) ([]*net.SRV, error) {
+		_, srvs, err := f.opts.Resolver.LookupSRV(ctx, "", "", f.name)
+		return srvs, err
+	})
 	if err != nil && (len(srvs) == 0 || ctx.Err() != nil) {
 		return nil, nil, nil, err
 	}
@@ -454,25 +499,32 @@ func (f *Feed) lookup(ctx context.Context, cache map[string][]netip.Addr) (eps [
 
 	targets := make([]string, 0, len(srvs))
 	for _, r := range srvs {
-		// Target "." says the service is decidedly not available there (RFC 2782).
-		if r != nil && r.Target != "." && !slices.Contains(targets, r.Target) {
+		if usable(r) && !slices.Contains(targets, r.Target) {
 			targets = append(targets, r.Target)
 		}
 	}
 	if len(targets) == 0 {
-		return nil, nil, nil, fmt.Errorf("the SRV records of %s name no target", f.name)
+		return nil, nil, nil, fmt.Errorf("the SRV records of %s name no usable target (all have target \".\" or port 0)", f.name)
 	}
+	// Each target on its own deadline: bounded returns by then, so wg.Wait
+	// does too, and a silent target costs only its own addresses.
 	addrs := make([][]netip.Addr, len(targets))
 	lookupErrs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, maxTargetLookups)
 	for i, target := range targets {
 		wg.Add(1)
-		sem <- struct{}{}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Done()
+			wg.Wait()
+			return nil, nil, nil, ctx.Err()
+		}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			addrs[i], lookupErrs[i] = f.opts.Resolver.LookupNetIP(ctx, f.opts.Network, target)
+			addrs[i], lookupErrs[i] = lookupIP(target)
 		}()
 	}
 	wg.Wait()
@@ -540,21 +592,29 @@ func sortByAddress(eps []resolver.Endpoint) {
 	slices.SortFunc(eps, func(a, b resolver.Endpoint) int { return strings.Compare(a.Address, b.Address) })
 }
 
+// usable reports whether an SRV record can lead to endpoints: target "." says
+// the service is decidedly not available there (RFC 2782), and port 0 reaches
+// nothing.
+func usable(r *net.SRV) bool {
+	return r != nil && r.Port != 0 && r.Target != "."
+}
+
 // SRVEndpoints maps SRV records to endpoints, given each target's addresses
 // (targets missing from addrs are left out), as the package comment describes.
 // The result is sorted by address, with no address twice, and every endpoint
-// valid. Records with port 0 or a nil record are skipped.
+// valid. Unusable records (port 0, target ".", nil) are skipped and take no
+// tier: tiers rank the priorities of the usable records only.
 func SRVEndpoints(srvs []*net.SRV, addrs map[string][]netip.Addr) []resolver.Endpoint {
 	prios := make([]uint16, 0, 4)
 	for _, r := range srvs {
-		if r != nil && !slices.Contains(prios, r.Priority) {
+		if usable(r) && !slices.Contains(prios, r.Priority) {
 			prios = append(prios, r.Priority)
 		}
 	}
 	slices.Sort(prios)
 	byAddr := make(map[string]resolver.Endpoint)
 	for _, r := range srvs {
-		if r == nil || r.Port == 0 {
+		if !usable(r) {
 			continue
 		}
 		weight := uint32(r.Weight) * srvWeightScale

@@ -3,6 +3,8 @@ package dns
 import (
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -63,10 +65,14 @@ func FuzzSRVEndpoints(f *testing.F) {
 		if err := resolver.ValidateSet(eps); err != nil {
 			t.Fatalf("invalid set %+v: %v", eps, err)
 		}
-		prios := map[uint16]bool{}
+		// Tiers rank the priorities of usable records only (port ≠ 0, target ≠ ".").
+		var prios []int
 		for _, r := range srvs {
-			prios[r.Priority] = true
+			if r.Port != 0 && r.Target != "." && !slices.Contains(prios, int(r.Priority)) {
+				prios = append(prios, int(r.Priority))
+			}
 		}
+		slices.Sort(prios)
 		for i, ep := range eps {
 			if i > 0 && eps[i-1].Address >= ep.Address {
 				t.Errorf("not sorted: %s before %s", eps[i-1].Address, ep.Address)
@@ -74,8 +80,8 @@ func FuzzSRVEndpoints(f *testing.F) {
 			if ep.Weight == 0 || ep.Weight > resolver.MaxWeight {
 				t.Errorf("%s: weight %d", ep.Address, ep.Weight)
 			}
-			if ep.Priority < 0 || ep.Priority >= len(prios) {
-				t.Errorf("%s: tier %d of %d priorities", ep.Address, ep.Priority, len(prios))
+			if p, _ := strconv.Atoi(ep.Metadata[MetaSRVPriority]); ep.Priority < 0 || ep.Priority >= len(prios) || prios[ep.Priority] != p {
+				t.Errorf("%s: tier %d for SRV priority %d, want its rank among the usable priorities %v", ep.Address, ep.Priority, p, prios)
 			}
 			if ep.Metadata[MetaSRVTarget] == "" || ep.Metadata[MetaSRVWeight] == "" {
 				t.Errorf("%s: metadata %v", ep.Address, ep.Metadata)

@@ -21,6 +21,7 @@ type zone struct {
 	records map[key][]mdns.RR
 	rcode   map[string]int // name → forced rcode (SERVFAIL, NXDOMAIN, ...)
 	drop    bool           // answer nothing at all
+	silent  map[key]bool   // queries never answered
 	queries map[key]int
 	servers []*mdns.Server
 }
@@ -32,7 +33,7 @@ type key struct {
 
 func newZone(t *testing.T) *zone {
 	t.Helper()
-	z := &zone{records: map[key][]mdns.RR{}, rcode: map[string]int{}, queries: map[key]int{}}
+	z := &zone{records: map[key][]mdns.RR{}, rcode: map[string]int{}, queries: map[key]int{}, silent: map[key]bool{}}
 	var pc net.PacketConn
 	var ln net.Listener
 	for range 20 {
@@ -77,6 +78,7 @@ func (z *zone) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 		q := r.Question[0]
 		k := key{strings.ToLower(q.Name), q.Qtype}
 		z.queries[k]++
+		drop = drop || z.silent[k]
 		if rc, ok := z.rcode[k.name]; ok {
 			m.Rcode = rc
 		} else {
@@ -136,6 +138,14 @@ func (z *zone) setDrop(drop bool) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	z.drop = drop
+}
+
+// setSilent makes the server never answer queries for name and qtype (or
+// answer them again).
+func (z *zone) setSilent(name string, qtype uint16, silent bool) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.silent[key{strings.ToLower(name), qtype}] = silent
 }
 
 func (z *zone) count(name string, qtype uint16) int {

@@ -33,14 +33,17 @@ func init() {
 //	maxInterval=DURATION  Options.MaxInterval, for example 30s
 //	timeout=DURATION      Options.Timeout
 //
-// Anything else is rejected with an error naming it.
+// Anything else (an unknown parameter, user information, a fragment) is
+// rejected with an error naming it. Errors quote the target only as
+// resolver.Redact returns it, and never quote user information, a fragment or
+// a parameter's value except those of the parameters above.
 func ParseTarget(target string) (*Feed, error) {
-	u, err := url.Parse(target)
+	u, err := resolver.ParseURL(target)
 	if err != nil {
-		return nil, fmt.Errorf("dns target %q: %w", target, err)
+		return nil, fmt.Errorf("dns target %q: %w", resolver.Redact(target), err)
 	}
 	if u.Scheme != SchemeDNS && u.Scheme != SchemeSRV {
-		return nil, fmt.Errorf("dns target %q: scheme %q is neither dns nor srv", target, u.Scheme)
+		return nil, fmt.Errorf("dns target %q: scheme %q is neither dns nor srv", resolver.Redact(target), u.Scheme)
 	}
 	return build(u)
 }
@@ -50,13 +53,14 @@ func build(u *url.URL) (*Feed, error) {
 	if u.Scheme == SchemeSRV {
 		form = "want srv://[server]/_service._proto.name"
 	}
+	// None of these errors quotes what it rejects: it may hold a secret.
 	switch {
 	case u.Opaque != "":
-		return nil, fmt.Errorf("%s target: %q after the scheme is not //[server]/name (%s)", u.Scheme, u.Opaque, form)
+		return nil, fmt.Errorf(`%s target: no "//" after "%s:" (%s)`, u.Scheme, u.Scheme, form)
 	case u.User != nil:
-		return nil, fmt.Errorf("%s target: unexpected user information %q in the authority (%s)", u.Scheme, u.User.Username(), form)
-	case u.Fragment != "":
-		return nil, fmt.Errorf("%s target: unexpected fragment %q", u.Scheme, u.Fragment)
+		return nil, fmt.Errorf("%s target: unexpected user information in the authority (%s)", u.Scheme, form)
+	case u.Fragment != "" || u.RawFragment != "":
+		return nil, fmt.Errorf("%s target: unexpected fragment (%s)", u.Scheme, form)
 	}
 	var opts Options
 	if u.Host != "" {
@@ -74,9 +78,9 @@ func build(u *url.URL) (*Feed, error) {
 		return nil, fmt.Errorf("%s target: path %q has more than one segment (%s)", u.Scheme, u.Path, form)
 	}
 
-	q, err := url.ParseQuery(u.RawQuery)
+	q, err := parseQuery(u.RawQuery)
 	if err != nil {
-		return nil, fmt.Errorf("%s target: query %q: %w", u.Scheme, u.RawQuery, err)
+		return nil, fmt.Errorf("%s target: query: %w", u.Scheme, err)
 	}
 	for key, vals := range q {
 		if len(vals) > 1 {
@@ -114,6 +118,35 @@ func build(u *url.URL) (*Feed, error) {
 		return nil, fmt.Errorf("%s target: %w", u.Scheme, err)
 	}
 	return f, nil
+}
+
+// parseQuery is url.ParseQuery with errors that name the parameter but never
+// quote a value, which may be a secret (a token meant for another feed), nor
+// the name of a parameter written with ';', whose value it cannot tell apart.
+func parseQuery(raw string) (url.Values, error) {
+	q := url.Values{}
+	for i, seg := range strings.Split(raw, "&") {
+		if seg == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(seg, "=")
+		if strings.Contains(k, ";") {
+			return nil, fmt.Errorf("parameter %d: ';' is not a separator (use '&')", i+1)
+		}
+		key, err := url.QueryUnescape(k)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %d: its name has an invalid %%-escape (want '%%' and two hex digits)", i+1)
+		}
+		if strings.Contains(v, ";") {
+			return nil, fmt.Errorf("parameter %q: ';' is not a separator (use '&')", key)
+		}
+		val, err := url.QueryUnescape(v)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %q: its value has an invalid %%-escape (want '%%' and two hex digits)", key)
+		}
+		q[key] = append(q[key], val)
+	}
+	return q, nil
 }
 
 func positiveDuration(v string) (time.Duration, error) {
