@@ -32,6 +32,7 @@ type Endpoint struct {
 	info     atomic.Pointer[resolver.Endpoint]
 	weight   atomic.Uint32
 	inflight atomic.Int64
+	inTotal  atomic.Int64 // of inflight, those in the engine's total (see Engine.release)
 	conds    atomic.Uint32
 	since    atomic.Int64 // unix nanoseconds when the endpoint last became eligible
 	outcomes [outcome.NotSent + 1]atomic.Uint64

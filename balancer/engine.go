@@ -51,19 +51,18 @@ type Options struct {
 // (for the built-in algorithms). Membership and condition changes take a mutex
 // and build a new snapshot off the pick path (copy on write).
 type Engine struct {
-	cfg  Config
-	alg  Algorithm
 	opts Options
 
 	snap atomic.Pointer[snapshot]
+	mode atomic.Pointer[mode] // what the configuration means on the request path
 
-	observer   OutcomeObserver // the algorithm, if it observes outcomes
-	trackTotal bool            // the algorithm is TotalCounting: keep total
-	_          [64]byte        // keep total off the snapshot pointer's cache line
-	total      atomic.Int64    // requests in flight on the engine, if trackTotal
-	_          [56]byte
+	_     [64]byte     // keep total off the snapshot pointer's cache line
+	total atomic.Int64 // requests in flight on the engine, if trackTotal
+	_     [56]byte
 
 	mu        sync.Mutex
+	cfg       Config
+	alg       Algorithm
 	endpoints map[string]*Endpoint // discovered, by address
 	sorted    []*Endpoint          // endpoints sorted by address; nil when membership changed
 	draining  map[string]*Endpoint // removed, with requests still in flight
@@ -81,8 +80,24 @@ type Engine struct {
 	wg     sync.WaitGroup
 }
 
+// mode is what the configuration means on the request path, replaced whole by
+// Reconfigure: picks read it from their snapshot, Done from Engine.mode.
+type mode struct {
+	waitForEndpoints time.Duration
+	observer         OutcomeObserver // the algorithm, if it observes outcomes
+	trackTotal       bool            // the algorithm is TotalCounting: keep total
+}
+
+func newMode(cfg Config, alg Algorithm) *mode {
+	m := &mode{waitForEndpoints: cfg.WaitForEndpoints}
+	m.observer, _ = alg.(OutcomeObserver)
+	_, m.trackTotal = alg.(TotalCounting)
+	return m
+}
+
 // snapshot is one immutable view of the eligible endpoints.
 type snapshot struct {
+	mode         *mode
 	picker       Picker
 	selfCounting bool
 	endpoints    []*Endpoint   // eligible, by address
@@ -114,8 +129,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		endpoints: map[string]*Endpoint{},
 		draining:  map[string]*Endpoint{},
 	}
-	e.observer, _ = e.alg.(OutcomeObserver)
-	_, e.trackTotal = e.alg.(TotalCounting)
+	e.mode.Store(newMode(cfg, e.alg))
 	e.mu.Lock()
 	e.rebuildLocked()
 	e.mu.Unlock()
@@ -123,7 +137,34 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 }
 
 // Config returns the engine's configuration.
-func (e *Engine) Config() Config { return e.cfg }
+func (e *Engine) Config() Config {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cfg
+}
+
+// Reconfigure makes the engine run cfg from now on, in place: the endpoint set,
+// each endpoint's conditions and live statistics (in flight, outcome counts,
+// latency), the feed and the allowEmpty guard's view of the set all stay; the
+// picker is rebuilt with cfg's algorithm. An invalid cfg is rejected with an
+// error naming the field, and changes nothing. The engine-wide in-flight total
+// (for TotalCounting algorithms) stays exact across the change: it counts the
+// requests picked while an algorithm that needs it ran, and each endpoint keeps
+// how many of its requests are in it (see count and release).
+func (e *Engine) Reconfigure(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	e.cfg, e.alg = cfg, cfg.algorithm()
+	e.mode.Store(newMode(cfg, e.alg))
+	e.rebuildLocked()
+	return nil
+}
 
 // Start runs feed into the engine until Close, restarting it with backoff if it
 // stops. It may be called once. A feed that is a resolver.Subscriber (the
@@ -228,7 +269,7 @@ func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 // pickFailed applies the rules for a pick from s that found no endpoint: fail at
 // once, or wait for the first answer or for endpoints.
 func (e *Engine) pickFailed(info PickInfo, s *snapshot, err error) (*Endpoint, error) {
-	if !s.pending && (e.cfg.WaitForEndpoints == 0 || !waitable(err)) {
+	if !s.pending && (s.mode.waitForEndpoints == 0 || !waitable(err)) {
 		return nil, err
 	}
 	return e.pickSlow(info, s, err)
@@ -269,18 +310,31 @@ func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, er
 func (e *Engine) count(s *snapshot, ep *Endpoint) {
 	if !s.selfCounting {
 		ep.inflight.Add(1)
-		if e.trackTotal {
+		if s.mode.trackTotal {
 			e.total.Add(1)
 		}
+	}
+	if s.mode.trackTotal { // a self-counting picker added to the total itself
+		ep.inTotal.Add(1)
 	}
 }
 
 // release takes back one request in flight on ep and completes its drain if that
 // was the last one.
+//
+// The engine-wide total counts only requests picked while the algorithm needed
+// it, and a Reconfigure may change that between a pick and its Done; so each
+// endpoint counts how many of its requests are in the total (inTotal), and a
+// release takes one out of the total only while that count is positive. The
+// requests on an endpoint are interchangeable, so the total stays exactly the
+// sum of the endpoints' inTotal, and reaches 0 when nothing is in flight.
 func (e *Engine) release(ep *Endpoint) {
 	n := ep.inflight.Add(-1)
-	if e.trackTotal {
-		e.total.Add(-1) // after the endpoint's: the total never trails the sum
+	for t := ep.inTotal.Load(); t > 0; t = ep.inTotal.Load() {
+		if ep.inTotal.CompareAndSwap(t, t-1) {
+			e.total.Add(-1) // after the endpoint's: the total never trails the sum
+			break
+		}
 	}
 	if n == 0 && ep.Removed() {
 		e.finishDrain(ep)
@@ -315,9 +369,9 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, err
 				initial = time.NewTimer(left)
 			}
 			expired = initial.C
-		} else if e.cfg.WaitForEndpoints > 0 && waitable(err) {
+		} else if s.mode.waitForEndpoints > 0 && waitable(err) {
 			if wait == nil {
-				wait = time.NewTimer(e.cfg.WaitForEndpoints)
+				wait = time.NewTimer(s.mode.waitForEndpoints)
 			}
 			expired = wait.C
 		} else {
@@ -368,12 +422,13 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 	if int(o.Class) < len(ep.outcomes) {
 		ep.outcomes[o.Class].Add(1)
 	}
-	if e.observer != nil {
+	m := e.mode.Load()
+	if m.observer != nil {
 		at := o.At
 		if at.IsZero() {
 			at = e.opts.Now()
 		}
-		e.observer.Observe(ep, o, at)
+		m.observer.Observe(ep, o, at)
 	}
 	e.release(ep)
 }
@@ -552,10 +607,10 @@ func (e *Engine) rebuildLocked() {
 			eligible = append(eligible, ep)
 		}
 	}
-	s := &snapshot{endpoints: eligible, all: all, changed: make(chan struct{})}
+	s := &snapshot{mode: e.mode.Load(), endpoints: eligible, all: all, changed: make(chan struct{})}
 	if len(eligible) > 0 {
 		bi := BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand}
-		if e.trackTotal {
+		if s.mode.trackTotal {
 			bi.AddTotalInFlight = e.total.Add
 		}
 		s.picker = e.alg.Build(bi)

@@ -151,7 +151,7 @@ func TestChurnNoPickAfterDrain(t *testing.T) {
 					t.Fatalf("%s: %d in flight after every request is done", ep.Address(), c)
 				}
 			}
-			if e.trackTotal && e.total.Load() != 0 {
+			if e.mode.Load().trackTotal && e.total.Load() != 0 {
 				t.Errorf("engine total in flight = %d after every request is done", e.total.Load())
 			}
 			mu.Lock()
