@@ -321,7 +321,18 @@ func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endp
 	c.class = s.classify(ctx, resp, nil)
 	c.code = int32(resp.StatusCode)
 	resp.Request = req
-	if resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The upgraded connection is the caller's until it closes it: in
+		// flight until then, so that a drain neither ends nor closes it.
+		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+			c.body = rwc
+			resp.Body = (*upgradedBody)(c)
+			return resp, nil
+		}
+		c.finish(nil)
+		return resp, nil
+	}
+	if resp.Body == nil || resp.Body == http.NoBody {
 		c.finish(nil)
 		return resp, nil
 	}
