@@ -222,7 +222,7 @@ func (e *Engine) Close() error {
 	}
 	e.closed = true
 	cancel, unsub := e.cancel, e.unsub
-	e.publishLocked(&snapshot{err: ErrClosed, changed: make(chan struct{})})
+	e.publishLocked(&snapshot{mode: e.mode.Load(), err: ErrClosed, changed: make(chan struct{})})
 	e.mu.Unlock()
 	if cancel != nil {
 		cancel()

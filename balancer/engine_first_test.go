@@ -142,13 +142,11 @@ func TestFirstAnswerEmptySet(t *testing.T) {
 	f := &gatedFeed{open: make(chan struct{}), eps: []resolver.Endpoint{}}
 	close(f.open)
 	e := startedEngine(t, Config{}, f)
-	var err error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if _, err = e.Pick(PickInfo{Ctx: context.Background()}); errors.Is(err, ErrNoEndpoints) {
-			return
-		}
+	// The pick waits for the answer (the feed's goroutine may not have run
+	// yet), then fails as usual.
+	if _, err := e.Pick(PickInfo{Ctx: context.Background()}); !errors.Is(err, ErrNoEndpoints) || errors.Is(err, ErrDiscoveryPending) {
+		t.Fatalf("err = %v; want ErrNoEndpoints once the empty answer is in", err)
 	}
-	t.Fatalf("err = %v; want ErrNoEndpoints once the empty answer is in", err)
 }
 
 // A static feed is in force when Start returns, and Set is in force when it
@@ -179,6 +177,21 @@ func TestStaticSynchronous(t *testing.T) {
 				t.Fatalf("round %d: picked %s right after Set(%s)", i, ep.Address(), keep[0].Address)
 			}
 			e.Done(ep, outcome.Outcome{})
+		}
+	}
+}
+
+// A closed engine fails picks with ErrClosed at once, whatever the waits.
+func TestPickAfterClose(t *testing.T) {
+	for _, cfg := range []Config{{}, {WaitForEndpoints: time.Minute}} {
+		e, err := NewEngine(cfg, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Start(&gatedFeed{open: make(chan struct{})})
+		e.Close()
+		if _, err := e.Pick(PickInfo{Ctx: context.Background()}); err != ErrClosed {
+			t.Fatalf("%+v: err = %v, want ErrClosed", cfg, err)
 		}
 	}
 }

@@ -27,7 +27,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testServer is a real gRPC server on 127.0.0.1 with grpc's health service and
 // the interop TestService: EmptyCall counts, UnaryCall answers with the
-// status the request asks for.
+// status the request asks for, after waiting for hold to close when the
+// request asks for the server ID.
 type testServer struct {
 	testgrpc.UnimplementedTestServiceServer
 	addr   string
@@ -35,6 +36,7 @@ type testServer struct {
 	health *health.Server
 	calls  atomic.Int64
 	done   chan struct{}
+	hold   chan struct{}
 }
 
 func (s *testServer) EmptyCall(context.Context, *testgrpc.Empty) (*testgrpc.Empty, error) {
@@ -42,15 +44,22 @@ func (s *testServer) EmptyCall(context.Context, *testgrpc.Empty) (*testgrpc.Empt
 	return &testgrpc.Empty{}, nil
 }
 
-func (s *testServer) UnaryCall(_ context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+func (s *testServer) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
 	s.calls.Add(1)
+	if req.GetFillServerId() {
+		select {
+		case <-s.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if st := req.GetResponseStatus(); st != nil && st.GetCode() != 0 {
 		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
 	}
 	return &testgrpc.SimpleResponse{}, nil
 }
 
-// startServers starts n servers; they stop at the end of the test.
+// startServers starts n servers on 127.0.0.1; they stop at the end of the test.
 func startServers(t testing.TB, n int) []*testServer {
 	t.Helper()
 	ss := make([]*testServer, n)
@@ -59,23 +68,28 @@ func startServers(t testing.TB, n int) []*testServer {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := &testServer{addr: lis.Addr().String(), srv: grpc.NewServer(), health: health.NewServer(), done: make(chan struct{})}
-		testgrpc.RegisterTestServiceServer(s.srv, s)
-		healthpb.RegisterHealthServer(s.srv, s.health)
-		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		go func() {
-			defer close(s.done)
-			s.srv.Serve(lis)
-		}()
-		ss[i] = s
+		ss[i] = serve(t, lis)
 	}
-	t.Cleanup(func() {
-		for _, s := range ss {
-			s.srv.Stop()
-			<-s.done
-		}
-	})
 	return ss
+}
+
+// serve starts a test server on lis; it stops at the end of the test.
+func serve(t testing.TB, lis net.Listener) *testServer {
+	t.Helper()
+	s := &testServer{addr: lis.Addr().String(), srv: grpc.NewServer(), health: health.NewServer(),
+		done: make(chan struct{}), hold: make(chan struct{})}
+	testgrpc.RegisterTestServiceServer(s.srv, s)
+	healthpb.RegisterHealthServer(s.srv, s.health)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	go func() {
+		defer close(s.done)
+		s.srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		s.srv.Stop()
+		<-s.done
+	})
+	return s
 }
 
 func addrs(ss []*testServer) []string {

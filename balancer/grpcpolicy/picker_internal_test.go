@@ -126,31 +126,35 @@ func TestChildNotReadyRepicks(t *testing.T) {
 }
 
 func TestPickErrors(t *testing.T) {
-	eng, err := balancer.NewEngine(balancer.Config{}, balancer.Options{Service: "svc"})
+	eng, err := balancer.NewEngine(balancer.Config{}, balancer.Options{Service: "svc", InitialConditions: balancer.NotConnected})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer eng.Close()
+	eng.Update([]resolver.Endpoint{{Address: "127.0.0.1:1"}}) // one endpoint, not connected
 	info := grpcbalancer.PickInfo{Ctx: context.Background()}
-	if _, err := (&picker{eng: eng, queue: true}).Pick(info); err != grpcbalancer.ErrNoSubConnAvailable {
+	connecting := new(gate)
+	connecting.waiting.Store(1)
+	if _, err := (&picker{eng: eng, gate: connecting}).Pick(info); err != grpcbalancer.ErrNoSubConnAvailable {
 		t.Errorf("connecting: %v, want ErrNoSubConnAvailable", err)
 	}
-	_, err = (&picker{eng: eng, connErr: errors.New("connection refused")}).Pick(info)
+	_, err = (&picker{eng: eng, gate: new(gate), connErr: errors.New("connection refused")}).Pick(info)
 	if _, isStatus := status.FromError(err); isStatus || !errors.Is(err, balancer.ErrNoEndpoints) ||
-		!strings.Contains(err.Error(), "connection refused") {
+		!strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "1 not connected") {
 		t.Errorf("all down: %v, want a plain error wrapping ErrNoEndpoints (so grpc fails fast but waits for wait-for-ready)", err)
 	}
 
 	weng, _ := balancer.NewEngine(balancer.Config{WaitForEndpoints: 10e9}, balancer.Options{})
 	defer weng.Close()
+	weng.Update(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err = (&picker{eng: weng}).Pick(grpcbalancer.PickInfo{Ctx: ctx})
+	_, err = (&picker{eng: weng, gate: new(gate)}).Pick(grpcbalancer.PickInfo{Ctx: ctx})
 	if status.Code(err) != codes.Canceled {
 		t.Errorf("waiting pick with a canceled context: %v, want status CANCELLED", err)
 	}
 	eng.Close()
-	if _, err := (&picker{eng: eng}).Pick(info); err != grpcbalancer.ErrNoSubConnAvailable {
+	if _, err := (&picker{eng: eng, gate: new(gate)}).Pick(info); err != grpcbalancer.ErrNoSubConnAvailable {
 		t.Errorf("replaced engine: %v, want ErrNoSubConnAvailable", err)
 	}
 }

@@ -22,11 +22,18 @@
 // an endpointsharding balancer with one pick_first child per endpoint, the
 // health listener enabled (so client-side health checking, when the service
 // config turns it on, takes unhealthy endpoints out), and a picker of its own.
-// The resolver's endpoints become the engine's endpoint set (the first address
-// of each endpoint is its identity; the weight comes from grpc's
-// experimental/balancer/weight attribute; locality, priority and metadata from
-// grpcresolver.Info); an endpoint whose child is not READY carries the engine's
-// NotConnected condition.
+// The resolver's endpoints become the engine's endpoint set; the weight comes
+// from grpc's experimental/balancer/weight attribute, locality, priority and
+// metadata from grpcresolver.Info. An endpoint whose child is not READY
+// carries the engine's NotConnected condition.
+//
+// An endpoint is the same endpoint as long as its set of addresses is the same,
+// in any order (as endpointsharding tells its children apart): reordering
+// [a b] to [b a] keeps its connection and its statistics. The engine knows it
+// by one of its addresses, the lowest that no other endpoint uses. Addresses
+// grpc dials but that are not host:port (unix:///path and unix-abstract:name
+// sockets, a passthrough name that a custom dialer resolves) are accepted: the
+// engine knows such an endpoint as "[address]:1".
 //
 // Each pick asks the engine for an endpoint and then asks that endpoint's
 // pick_first child for its connection. The outcome comes back through
@@ -36,16 +43,35 @@
 // re-picks when a transport was not ready) and counts as outcome.NotSent,
 // neither success nor failure.
 //
-// # Failing fast
+// # Waiting and failing fast
 //
-// With no endpoint to pick (none discovered, or every one down, unhealthy or
-// ejected), an RPC fails at once with UNAVAILABLE and the engine's
-// *balancer.NoEndpointsError text, which says why, plus the last connection
-// error if there is one; a wait-for-ready RPC waits for an endpoint instead
-// (grpc's picker contract). While endpoints are still connecting and none is
-// READY, RPCs wait for the first connection, as with grpc's own policies.
-// Config.WaitForEndpoints, as on the HTTP side, makes picks wait up to that long
-// (never past the RPC's deadline) for an endpoint instead of failing.
+// While no endpoint is eligible but one is on its way (its child IDLE or
+// CONNECTING: a fresh channel, a replaced endpoint set, a reconnect), RPCs
+// wait for it, as with grpc's own policies: routine resolver changes fail no
+// RPC. This holds for pickers published before the change too: the engine's
+// membership changes before the children's states reach a new picker, and
+// the picker asks the policy, not its own snapshot, whether something is
+// connecting.
+//
+// With nothing on its way (no endpoint discovered, or every one in
+// TRANSIENT_FAILURE, unhealthy or ejected), an RPC fails at once with
+// UNAVAILABLE and the engine's *balancer.NoEndpointsError text, which says why,
+// plus the last connection error if there is one; a wait-for-ready RPC waits
+// for an endpoint instead (grpc's picker contract). Config.WaitForEndpoints, as
+// on the HTTP side, makes picks wait up to that long (never past the RPC's
+// deadline) for an endpoint instead of failing.
+//
+// An empty resolver update (or one whose every endpoint is invalid) is taken
+// for a discovery fault unless Config.AllowEmpty: the endpoints in force stay,
+// also when the update carries a new config. A config change keeps the
+// endpoint set, the endpoints' connectivity and their statistics (outcome
+// counters, requests in flight, latency): the engine takes the new config in
+// place (balancer.Engine.Reconfigure).
+//
+// A target whose scheme grpc does not know is resolved by grpc's DNS resolver
+// as a whole ("cnsul://agent/web" as "dns:///cnsul://agent/web"); the policy
+// fails such a channel's RPCs, wait-for-ready ones included, with UNAVAILABLE
+// and an error naming the scheme (see grpcresolver.MissingScheme).
 //
 // # Affinity
 //
@@ -67,16 +93,22 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	grpcbalancer "google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/base"
 	"google.golang.org/grpc/balancer/endpointsharding"
 	"google.golang.org/grpc/balancer/pickfirst"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	gresolver "google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
 
@@ -112,10 +144,10 @@ type Options struct {
 	// math/rand/v2.
 	Rand func() uint64
 	// OnEngine, if set, is called with every engine the policy creates: one
-	// per channel, and a new one when the channel's config changes. target is
-	// the channel's target endpoint (grpc's Target.Endpoint()). Use it to
-	// inspect endpoints' states and outcomes (metrics, debug pages, tests).
-	// It runs on grpc's balancer goroutine and must not block.
+	// per channel (a config change reconfigures it in place). target is the channel's target
+	// endpoint (grpc's Target.Endpoint()). Use it to inspect endpoints' states
+	// and outcomes (metrics, debug pages, tests). It runs on grpc's balancer
+	// goroutine and must not block.
 	OnEngine func(target string, e *balancer.Engine)
 }
 
@@ -160,83 +192,112 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, bOpts grpcbalancer.BuildOpti
 		ClientConn: cc,
 		opts:       b.opts,
 		service:    bOpts.Target.Endpoint(),
-		states:     map[string]*endpointState{},
+		states:     gresolver.NewEndpointMap[*endpointState](),
+		byKey:      map[string]*endpointState{},
+		gate:       new(gate),
+	}
+	if err := grpcresolver.MissingScheme(bOpts.Target); err != nil {
+		// A status error: it ends even wait-for-ready RPCs, as no resolver
+		// answer will ever make this target work.
+		p.targetErr = status.Error(codes.Unavailable, err.Error())
 	}
 	p.child = endpointsharding.NewBalancer(p, bOpts, grpcbalancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
 	return p
 }
 
 // endpointState is the policy's per-endpoint record, attached to the engine's
-// Endpoint: the endpoint's pick_first child's current picker and state.
+// Endpoint: the endpoint's engine address and its pick_first child's current
+// picker and state.
 type endpointState struct {
+	key    string // the engine's address for the endpoint, see engineKey
 	picker atomic.Pointer[childPicker]
 	state  connectivity.State // under policy.mu
+	valid  bool               // the engine took the endpoint (see resolver.Endpoint.Validate)
 }
 
 type childPicker struct{ grpcbalancer.Picker }
+
+// gate is what a picker reads, beyond the engine, when the engine has no
+// endpoint to give: the number of the engine's endpoints whose connection is
+// on its way (child IDLE or CONNECTING). While there is one, an RPC waits for
+// it (ErrNoSubConnAvailable) instead of failing.
+//
+// The policy raises the count before any engine change that can take
+// endpoints out and lowers it only after the engine changes that go with it,
+// so a pick that sees the engine's new state sees a count that covers it.
+type gate struct{ waiting atomic.Int64 }
+
+// raise stores n if it is above the current count.
+func (g *gate) raise(n int64) {
+	if n > g.waiting.Load() {
+		g.waiting.Store(n)
+	}
+}
 
 // policy is the balancer grpc builds per channel. It embeds the channel's
 // ClientConn to intercept endpointsharding's UpdateState.
 type policy struct {
 	grpcbalancer.ClientConn
-	child   grpcbalancer.Balancer
-	opts    Options
-	service string
+	child     grpcbalancer.Balancer
+	opts      Options
+	service   string
+	gate      *gate
+	targetErr error // the target cannot work (a scheme grpc does not know): every RPC fails with it
 
 	mu     sync.Mutex
 	eng    *balancer.Engine
+	cfg    balancer.Config
 	cfgKey string
-	states map[string]*endpointState // by address, for the children endpointsharding reports
+	// states holds a record per resolver endpoint, by identity: the set of
+	// its addresses, whatever their order (as endpointsharding tells its
+	// children apart). byKey holds the same records by engine address.
+	states *gresolver.EndpointMap[*endpointState]
+	byKey  map[string]*endpointState
 	closed bool
 }
 
-// UpdateClientConnState takes a new resolver state and config: it rebuilds the
-// engine if the config changed, hands the endpoints to it and to endpointsharding.
+// UpdateClientConnState takes a new resolver state and config: it applies the
+// config to the engine, mirrors the endpoints into it and hands them to
+// endpointsharding.
 func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	cfg, _ := ccs.BalancerConfig.(*lbConfig)
 	if cfg == nil {
 		cfg = &lbConfig{key: "{}"}
 	}
-	eps := make([]resolver.Endpoint, 0, len(ccs.ResolverState.Endpoints))
-	for _, g := range ccs.ResolverState.Endpoints {
-		if ep, ok := grpcresolver.FromGRPC(g); ok {
-			eps = append(eps, ep)
-		}
-	}
-
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil
 	}
-	var old *balancer.Engine
-	if p.eng == nil || cfg.key != p.cfgKey {
-		eng, err := balancer.NewEngine(cfg.cfg, balancer.Options{
-			Service: p.service, Logger: p.opts.Logger, Rand: p.opts.Rand,
-			// Not eligible until its child reports READY (syncEngineLocked).
-			InitialConditions: balancer.NotConnected,
-		})
-		if err != nil { // ParseConfig validated it; kept for safety
-			p.mu.Unlock()
-			return err
-		}
-		old, p.eng, p.cfgKey = p.eng, eng, cfg.key
-		if p.opts.OnEngine != nil {
-			p.opts.OnEngine(p.service, eng)
-		}
+	if p.targetErr != nil {
+		p.ClientConn.UpdateState(grpcbalancer.State{ConnectivityState: connectivity.TransientFailure, Picker: base.NewErrPicker(p.targetErr)})
+		p.mu.Unlock()
+		return nil
 	}
-	eng := p.eng
-	keep := len(eps) == 0 && !cfg.cfg.AllowEmpty && len(eng.Endpoints()) > 0
-	eng.Update(eps) // with keep, it reports the empty answer and keeps the set
-	p.syncEngineLocked()
-	p.mu.Unlock()
-	if old != nil {
-		old.Close()
+	if err := p.configureLocked(cfg); err != nil { // ParseConfig validated it; kept for safety
+		p.mu.Unlock()
+		return err
 	}
-	if keep {
-		// Keep the children too; grpc asks the resolver to try again.
+	eps, states, byKey, valid := p.membership(ccs.ResolverState.Endpoints)
+	if valid == 0 && !p.cfg.AllowEmpty && len(p.eng.Endpoints()) > 0 {
+		// An empty (or wholly invalid) answer is a discovery fault: the
+		// engine reports it and keeps its set, judged by the config in force
+		// now, and the children stay too; grpc asks the resolver to try again.
+		p.eng.Update(eps)
+		p.publishLocked(nil)
+		p.mu.Unlock()
 		return grpcbalancer.ErrBadResolverState
 	}
+	// New endpoints start NotConnected; while they connect and nothing else is
+	// eligible, RPCs wait: raise the gate before the engine sees them.
+	waiting := countWaiting(states)
+	p.gate.raise(waiting)
+	p.states, p.byKey = states, byKey
+	p.eng.Update(eps)
+	p.syncEngineLocked()
+	p.gate.waiting.Store(waiting)
+	p.mu.Unlock()
+
 	// endpointsharding reports the children's states synchronously at the end,
 	// which publishes a picker through UpdateState.
 	return p.child.UpdateClientConnState(grpcbalancer.ClientConnState{
@@ -244,15 +305,142 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	})
 }
 
-// syncEngineLocked attaches each engine endpoint's state and sets its
+// configureLocked makes the engine run cfg: the first config builds the
+// engine; a change reconfigures it in place (Engine.Reconfigure), so the
+// endpoint set, conditions and statistics stay.
+func (p *policy) configureLocked(cfg *lbConfig) error {
+	if p.eng != nil {
+		if cfg.key == p.cfgKey {
+			return nil
+		}
+		if err := p.eng.Reconfigure(cfg.cfg); err != nil {
+			return err
+		}
+		p.cfg, p.cfgKey = cfg.cfg, cfg.key
+		return nil
+	}
+	eng, err := balancer.NewEngine(cfg.cfg, balancer.Options{
+		Service: p.service, Logger: p.opts.Logger, Rand: p.opts.Rand,
+		// Not eligible until its child reports READY (syncEngineLocked).
+		InitialConditions: balancer.NotConnected,
+	})
+	if err != nil {
+		return err
+	}
+	p.eng, p.cfg, p.cfgKey = eng, cfg.cfg, cfg.key
+	if p.opts.OnEngine != nil {
+		p.opts.OnEngine(p.service, eng)
+	}
+	return nil
+}
+
+// membership maps the resolver's endpoints to records and engine endpoints:
+// an endpoint seen before (the same set of addresses, in any order) keeps its
+// record and engine address; a new one gets a record (IDLE) and an address no
+// other endpoint has. Endpoints without addresses and repeats are skipped.
+// valid counts the endpoints the engine will take.
+func (p *policy) membership(in []gresolver.Endpoint) (eps []resolver.Endpoint, states *gresolver.EndpointMap[*endpointState], byKey map[string]*endpointState, valid int64) {
+	states = gresolver.NewEndpointMap[*endpointState]()
+	byKey = make(map[string]*endpointState, len(in))
+	for _, g := range in { // known endpoints first: they keep their addresses
+		if st, ok := p.states.Get(g); ok && len(g.Addresses) > 0 {
+			states.Set(g, st)
+			byKey[st.key] = st
+		}
+	}
+	taken := func(k string) bool { _, ok := byKey[k]; return ok }
+	seen := gresolver.NewEndpointMap[struct{}]()
+	eps = make([]resolver.Endpoint, 0, len(in))
+	for _, g := range in {
+		if len(g.Addresses) == 0 {
+			continue
+		}
+		if _, dup := seen.Get(g); dup {
+			continue
+		}
+		seen.Set(g, struct{}{})
+		st, ok := states.Get(g)
+		if !ok {
+			st = &endpointState{key: engineKey(g, taken), state: connectivity.Idle}
+			states.Set(g, st)
+			byKey[st.key] = st
+		}
+		le, _ := grpcresolver.FromGRPC(g)
+		le.Address = st.key
+		st.valid = le.Validate() == nil
+		if st.valid {
+			valid++
+		}
+		eps = append(eps, le)
+	}
+	return eps, states, byKey, valid
+}
+
+// engineKey returns the engine address for a new endpoint, one taken does not
+// report taken. An endpoint is known to the engine by one of its addresses:
+// the first, in sorted order, that is free, so that reordering an endpoint's
+// addresses keeps its identity, and its statistics. An address that is not
+// host:port (a unix socket path, a name without a port), which grpc dials but
+// the engine's host:port check rejects, is known as "[address]:1".
+func engineKey(g gresolver.Endpoint, taken func(string) bool) string {
+	addrs := make([]string, len(g.Addresses))
+	for i, a := range g.Addresses {
+		addrs[i] = a.Addr
+	}
+	slices.Sort(addrs)
+	addrs = slices.Compact(addrs)
+	for _, a := range addrs {
+		if k := addrKey(a); !taken(k) {
+			return k
+		}
+	}
+	// Every address is some other endpoint's already (a resolver that lists
+	// one address in two endpoints): number this one.
+	for n := 2; ; n++ {
+		if k := "[" + bracketable(addrs[0]) + "#" + strconv.Itoa(n) + "]:1"; !taken(k) {
+			return k
+		}
+	}
+}
+
+// addrKey returns a as the engine knows it: a itself when it is host:port,
+// else "[a]:1".
+func addrKey(a string) string {
+	if (resolver.Endpoint{Address: a}).Validate() == nil {
+		return a
+	}
+	return "[" + bracketable(a) + "]:1"
+}
+
+// bracketable returns a with the characters that cannot appear between the
+// brackets of "[host]:port" replaced, and never empty.
+func bracketable(a string) string {
+	if a == "" {
+		return "-"
+	}
+	return strings.NewReplacer("[", "(", "]", ")").Replace(a)
+}
+
+// countWaiting returns the number of valid records whose child is on its way
+// to READY.
+func countWaiting(states *gresolver.EndpointMap[*endpointState]) int64 {
+	var n int64
+	for _, st := range states.Values() {
+		if st.valid && (st.state == connectivity.Idle || st.state == connectivity.Connecting) {
+			n++
+		}
+	}
+	return n
+}
+
+// syncEngineLocked attaches each engine endpoint's record and sets its
 // NotConnected condition from its child's connectivity (NotConnected until the
 // child reports READY).
 func (p *policy) syncEngineLocked() {
 	for _, ep := range p.eng.Endpoints() {
-		st := p.states[ep.Address()]
+		st := p.byKey[ep.Address()]
 		if st == nil {
-			st = &endpointState{state: connectivity.Idle}
-			p.states[ep.Address()] = st
+			continue // an endpoint the engine kept through an empty answer
 		}
 		if a, _ := ep.Attached().(*endpointState); a != st {
 			ep.Attach(st)
@@ -268,66 +456,68 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 	children := endpointsharding.ChildStatesFromPicker(state.Picker)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.eng == nil {
+	if p.closed || p.eng == nil || p.targetErr != nil {
 		return
 	}
-	seen := make(map[string]struct{}, len(children))
-	ready := 0
 	var connErr error
 	for _, c := range children {
-		if len(c.Endpoint.Addresses) == 0 {
-			continue
-		}
-		addr := c.Endpoint.Addresses[0].Addr
-		if _, dup := seen[addr]; dup {
-			continue
-		}
-		seen[addr] = struct{}{}
-		st := p.states[addr]
-		if st == nil {
-			st = &endpointState{}
-			p.states[addr] = st
+		st, ok := p.states.Get(c.Endpoint)
+		if !ok {
+			continue // a child endpointsharding is about to replace
 		}
 		st.picker.Store(&childPicker{c.State.Picker})
 		st.state = c.State.ConnectivityState
-		if st.state == connectivity.Ready {
-			ready++
-		} else if st.state == connectivity.TransientFailure && c.State.Picker != nil {
+		if st.state == connectivity.TransientFailure && c.State.Picker != nil {
 			// pick_first's picker in TRANSIENT_FAILURE returns why.
 			if _, err := c.State.Picker.Pick(grpcbalancer.PickInfo{Ctx: context.Background()}); err != nil {
 				connErr = err
 			}
 		}
 	}
-	for addr := range p.states {
-		if _, ok := seen[addr]; !ok {
-			delete(p.states, addr)
+	waiting := countWaiting(p.states)
+	p.gate.raise(waiting)
+	p.syncEngineLocked()
+	p.gate.waiting.Store(waiting)
+	p.publishLocked(connErr)
+}
+
+// publishLocked publishes a picker over the engine, with the channel state
+// grpc's own policies would report for the children's states: READY if one
+// is, else CONNECTING, IDLE or TRANSIENT_FAILURE.
+func (p *policy) publishLocked(connErr error) {
+	var n [connectivity.Shutdown + 1]int
+	for _, st := range p.states.Values() {
+		if st.valid && st.state <= connectivity.Shutdown {
+			n[st.state]++
 		}
 	}
-	p.syncEngineLocked()
-
-	agg := state.ConnectivityState
-	if ready > 0 {
-		agg = connectivity.Ready
+	agg := connectivity.TransientFailure
+	for _, s := range []connectivity.State{connectivity.Ready, connectivity.Connecting, connectivity.Idle} {
+		if n[s] > 0 {
+			agg = s
+			break
+		}
 	}
-	aff := p.eng.Config().Affinity
-	pk := &picker{
+	aff := p.cfg.Affinity
+	p.ClientConn.UpdateState(grpcbalancer.State{ConnectivityState: agg, Picker: &picker{
 		eng:      p.eng,
+		gate:     p.gate,
 		classify: p.opts.Classifier,
 		mdKey:    aff.Metadata,
 		clientIP: aff.ClientIP,
-		// With nothing READY yet but something on its way, RPCs wait for it,
-		// as with grpc's own policies; otherwise no endpoint means fail fast.
-		queue:   ready == 0 && (agg == connectivity.Connecting || agg == connectivity.Idle),
-		connErr: connErr,
-	}
-	p.ClientConn.UpdateState(grpcbalancer.State{ConnectivityState: agg, Picker: pk})
+		connErr:  connErr,
+	}})
 }
 
 // ResolverError passes a resolver error to the engine (it shows in
 // no-endpoints errors) and to the children.
 func (p *policy) ResolverError(err error) {
 	p.mu.Lock()
+	if p.targetErr != nil {
+		p.ClientConn.UpdateState(grpcbalancer.State{ConnectivityState: connectivity.TransientFailure, Picker: base.NewErrPicker(p.targetErr)})
+		p.mu.Unlock()
+		return
+	}
 	eng := p.eng
 	p.mu.Unlock()
 	if eng != nil {
@@ -359,10 +549,10 @@ func (p *policy) Close() {
 // endpoint's current child picker.
 type picker struct {
 	eng      *balancer.Engine
+	gate     *gate
 	classify Classifier
 	mdKey    string // Affinity.Metadata
 	clientIP bool   // Affinity.ClientIP
-	queue    bool
 	connErr  error
 }
 
@@ -403,7 +593,9 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 func (pk *picker) pickError(err error) error {
 	switch {
 	case errors.Is(err, balancer.ErrNoEndpoints):
-		if pk.queue {
+		if pk.gate != nil && pk.gate.waiting.Load() > 0 {
+			// Endpoints are connecting: RPCs wait for them, as with grpc's
+			// own policies. A new picker follows every state change.
 			return grpcbalancer.ErrNoSubConnAvailable
 		}
 		if pk.connErr != nil {

@@ -2,12 +2,25 @@
 // resolvers, and carries lodestar's endpoint attributes (weight, locality,
 // priority, metadata) through gRPC's resolver state.
 //
-// Importing the package registers every lodestar feed scheme with grpc, whatever
-// the order in which the feed packages are initialised:
+// Importing the package registers every lodestar feed scheme that is linked into
+// the program with grpc, whatever the order in which the feed packages are
+// initialised. The static feed is always there; the others come with their own
+// packages, which a program imports for their side effect:
 //
-//	import _ "github.com/lodestar-go/lodestar/resolver/grpcresolver"
+//	import (
+//		_ "github.com/lodestar-go/lodestar/resolver/grpcresolver" // static
+//		_ "github.com/lodestar-go/lodestar/resolver/consul"       // consul
+//		_ "github.com/lodestar-go/lodestar/resolver/dns"          // lodestar-dns, srv
+//	)
 //
 //	conn, err := grpc.NewClient("static:///10.0.0.1:8080,10.0.0.2:8080", ...)
+//
+// The names of lodestar's own feeds ("consul", "srv", "lodestar-dns") are held
+// for them with grpc even when their package is not imported, so that a target
+// such as "consul://agent/web" does not fall back to grpc's DNS resolver:
+// its RPCs fail with UNAVAILABLE and an error that names the package to import.
+// For other targets whose scheme grpc does not know, MissingScheme tells what
+// happened.
 //
 // A scheme grpc already owns (its built-in "dns", "passthrough", "unix", ...) is
 // never overridden: lodestar's feed is registered under the name "lodestar-"
@@ -21,6 +34,11 @@
 // and FeedBuilder serves one Feed value (for example a *resolver.Static the
 // program updates itself).
 //
+// A feed that is a resolver.Subscriber (the static feed) delivers synchronously:
+// its first set reaches the channel before the resolver's Build returns, and
+// each Set reaches the channel's load-balancing policy before Set returns. Other
+// feeds are watched on a goroutine of their own.
+//
 // The resolvers publish both State.Endpoints and State.Addresses, as grpc's own
 // DNS resolver does. Each endpoint carries its weight in grpc's
 // experimental/balancer/weight attribute and its locality, priority and
@@ -33,7 +51,11 @@ package grpcresolver
 
 import (
 	"context"
+	"fmt"
 	"maps"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 
 	_ "google.golang.org/grpc" // registers grpc's own resolvers first, so they are never overridden
@@ -55,12 +77,60 @@ var grpcOwned = map[string]bool{
 	"xds": true, "google-c2p": true, "vsock": true,
 }
 
+// knownFeeds are lodestar's feed schemes that live in packages of their own,
+// with the package that registers each.
+var knownFeeds = map[string]string{
+	"consul": "github.com/lodestar-go/lodestar/resolver/consul",
+	"dns":    "github.com/lodestar-go/lodestar/resolver/dns",
+	"srv":    "github.com/lodestar-go/lodestar/resolver/dns",
+}
+
 var (
 	regMu sync.Mutex
 	ours  = map[string]string{} // feed scheme -> grpc scheme we registered
+	held  = map[string]string{} // feed scheme -> grpc scheme held for a known feed not (yet) registered
 )
 
-func init() { resolver.OnRegister(registerScheme) }
+func init() {
+	holdKnownSchemes()
+	resolver.OnRegister(registerScheme)
+}
+
+// grpcName returns the gRPC scheme for a lodestar feed scheme: its own name,
+// or Prefix+scheme when grpc (or someone else's resolver) owns the name. It
+// reports false when someone else's resolver holds even the prefixed name.
+func grpcName(feedScheme string) (string, bool) {
+	name := feedScheme
+	if b := grpcresolver.Get(name); grpcOwned[name] || b != nil && !isOurs(b) {
+		name = Prefix + feedScheme
+	}
+	if b := grpcresolver.Get(name); b != nil && !isOurs(b) {
+		return "", false
+	}
+	return name, true
+}
+
+// isOurs reports whether b is one of this package's builders.
+func isOurs(b grpcresolver.Builder) bool {
+	_, ok := b.(*Builder)
+	return ok
+}
+
+// holdKnownSchemes registers a builder for each of lodestar's own feeds under
+// its gRPC name, unless someone else's resolver has the name: a target naming
+// a feed whose package is not imported then fails with an error that says so,
+// instead of falling back to grpc's DNS resolver. registerScheme replaces the
+// builder when the feed registers.
+func holdKnownSchemes() {
+	regMu.Lock()
+	defer regMu.Unlock()
+	for feed := range knownFeeds {
+		if name, ok := grpcName(feed); ok && grpcresolver.Get(name) == nil {
+			held[feed] = name
+			grpcresolver.Register(NewBuilder(name, feed))
+		}
+	}
+}
 
 // registerScheme registers the lodestar feed scheme with grpc under its own name,
 // or under Prefix+scheme when grpc (or someone else) owns the name.
@@ -70,12 +140,13 @@ func registerScheme(feedScheme string) {
 	if _, done := ours[feedScheme]; done {
 		return // re-registration of the feed: our builder looks it up at Build time
 	}
-	name := feedScheme
-	if grpcOwned[name] || grpcresolver.Get(name) != nil {
-		name = Prefix + feedScheme
+	name, ok := held[feedScheme]
+	if b := grpcresolver.Get(name); ok && b != nil && !isOurs(b) {
+		ok = false // someone else's resolver replaced the one holding the name
 	}
-	if b := grpcresolver.Get(name); b != nil {
-		if _, mine := b.(*Builder); !mine {
+	delete(held, feedScheme)
+	if !ok {
+		if name, ok = grpcName(feedScheme); !ok {
 			return // someone else's resolver holds even the prefixed name
 		}
 	}
@@ -121,18 +192,32 @@ func FeedBuilder(grpcScheme string, feed resolver.Feed) *Builder {
 func (b *Builder) Scheme() string { return b.scheme }
 
 // Build starts watching the target's feed for the channel cc. A target the feed
-// scheme rejects is an error naming what is wrong; as grpc.NewClient builds its
-// resolver lazily, the channel's RPCs fail with UNAVAILABLE and that error.
+// scheme rejects is an error naming what is wrong, and so is a target naming
+// one of lodestar's feeds whose package the program does not import; as
+// grpc.NewClient builds its resolver lazily, the channel's RPCs fail with
+// UNAVAILABLE and that error. A resolver.Subscriber feed has delivered its set
+// to cc when Build returns.
 func (b *Builder) Build(target grpcresolver.Target, cc grpcresolver.ClientConn, _ grpcresolver.BuildOptions) (grpcresolver.Resolver, error) {
 	feed := b.feed
 	if feed == nil {
 		u := target.URL // a copy
 		u.Scheme = b.feedScheme
+		if pkg, known := knownFeeds[b.feedScheme]; known && !slices.Contains(resolver.Schemes(), b.feedScheme) {
+			what := fmt.Sprintf("scheme %q", b.scheme)
+			if b.scheme != b.feedScheme {
+				what += fmt.Sprintf(" (lodestar's %q feed)", b.feedScheme)
+			}
+			return nil, fmt.Errorf("lodestar: target %q: %s is not registered: import _ %q",
+				resolver.Redact(target.URL.String()), what, pkg)
+		}
 		f, err := resolver.Parse(u.String())
 		if err != nil {
 			return nil, err // names the target and what is wrong with it
 		}
 		feed = f
+	}
+	if sub, ok := feed.(resolver.Subscriber); ok {
+		return &subResolver{cancel: sub.Subscribe(sink{cc})}, nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &feedResolver{cancel: cancel, done: make(chan struct{})}
@@ -157,6 +242,66 @@ func (*feedResolver) ResolveNow(grpcresolver.ResolveNowOptions) {}
 func (r *feedResolver) Close() {
 	r.cancel()
 	<-r.done
+}
+
+// subResolver is one channel's subscription to a resolver.Subscriber feed.
+type subResolver struct{ cancel func() }
+
+// ResolveNow does nothing: the feed delivers every change as it is made.
+func (*subResolver) ResolveNow(grpcresolver.ResolveNowOptions) {}
+
+// Close ends the subscription: once it returns, the feed delivers nothing more
+// to the channel.
+func (r *subResolver) Close() { r.cancel() }
+
+// MissingScheme explains a target that grpc could not resolve by its scheme.
+// When no resolver is registered for a target's scheme, grpc resolves the whole
+// target string with its default resolver instead: "cnsul://agent/web" becomes
+// "dns:///cnsul://agent/web", whose DNS lookup fails or, worse, finds a host
+// "cnsul". For such a target (its scheme grpc's "dns" or "passthrough", or the
+// default scheme, and its endpoint a "scheme://..." string whose scheme no
+// global grpc resolver serves) MissingScheme returns an error naming the
+// scheme; it returns nil for any other target. The lodestar policy fails the
+// channel's RPCs with it.
+func MissingScheme(target grpcresolver.Target) error {
+	switch target.URL.Scheme {
+	case "dns", "passthrough", grpcresolver.GetDefaultScheme():
+	default:
+		return nil
+	}
+	ep := target.Endpoint()
+	scheme, _, ok := strings.Cut(ep, "://")
+	if !ok || !validScheme(scheme) || grpcresolver.Get(strings.ToLower(scheme)) != nil {
+		return nil
+	}
+	regMu.Lock()
+	var names []string
+	for _, m := range []map[string]string{ours, held} {
+		for _, n := range m {
+			names = append(names, n)
+		}
+	}
+	regMu.Unlock()
+	sort.Strings(names)
+	return fmt.Errorf("lodestar: target %q: scheme %q is not registered with grpc, which resolved the whole target with its %q resolver instead (lodestar's gRPC schemes: %s)",
+		resolver.Redact(ep), scheme, target.URL.Scheme, strings.Join(names, ", "))
+}
+
+// validScheme reports whether s is a URI scheme: a letter, then letters,
+// digits, '+', '-' or '.'.
+func validScheme(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // sink turns a feed's sets into gRPC resolver states.

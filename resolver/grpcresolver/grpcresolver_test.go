@@ -226,3 +226,120 @@ func TestBadTargetFailsRPCsWithTheReason(t *testing.T) {
 		t.Fatalf("RPC on a bad static target: %v", err)
 	}
 }
+
+// A static feed is a resolver.Subscriber: the channel has its set when Build
+// returns, and each Set's set when Set returns; nothing after Close.
+func TestSubscriberFeedDeliversSynchronously(t *testing.T) {
+	feed, err := resolver.NewStaticAddrs("127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := newFakeCC()
+	r, err := grpcresolver.FeedBuilder("sync", feed).Build(target(t, "sync:///x"), cc, gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-cc.states:
+		if len(st.Endpoints) != 1 || st.Endpoints[0].Addresses[0].Addr != "127.0.0.1:1" {
+			t.Fatalf("state = %+v", st)
+		}
+	default:
+		t.Fatal("Build returned before the channel had the static set")
+	}
+	if err := feed.Set(resolver.Endpoint{Address: "127.0.0.1:2"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-cc.states:
+		if len(st.Endpoints) != 1 || st.Endpoints[0].Addresses[0].Addr != "127.0.0.1:2" {
+			t.Fatalf("state after Set = %+v", st)
+		}
+	default:
+		t.Fatal("Set returned before the channel had the new set")
+	}
+	r.Close()
+	if err := feed.Set(resolver.Endpoint{Address: "127.0.0.1:3"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-cc.states:
+		t.Fatalf("closed resolver got %+v", st)
+	default:
+	}
+}
+
+// Issue 9: importing grpcresolver does not register the consul feed (its
+// package does), but a consul target does not fall back to grpc's DNS
+// resolver either: its RPCs fail saying what to import. Once the feed
+// registers, the scheme works. This test binary does not import
+// resolver/consul.
+func TestUnregisteredLodestarFeedSaysWhatToImport(t *testing.T) {
+	if _, ok := grpcresolver.SchemeFor("consul"); ok {
+		t.Fatal("SchemeFor(consul) reports the consul feed registered, but this test binary does not import it")
+	}
+	if _, ours := gresolver.Get("consul").(*grpcresolver.Builder); !ours {
+		t.Fatalf("grpc's consul scheme is %T, want lodestar's", gresolver.Get("consul"))
+	}
+	cc, err := grpc.NewClient("consul://127.0.0.1:8500/web?token=s3cret", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	_, err = testgrpc.NewTestServiceClient(cc).EmptyCall(context.Background(), &testgrpc.Empty{})
+	want := `scheme "consul" is not registered: import _ "github.com/lodestar-go/lodestar/resolver/consul"`
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), want) {
+		t.Fatalf("RPC on a consul target without the consul feed: %v, want UNAVAILABLE saying %s", err, want)
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("error shows the token: %v", err)
+	}
+
+	// The same under a per-channel name.
+	_, err = grpcresolver.NewBuilder("myconsul", "consul").Build(target(t, "myconsul:///web"), newFakeCC(), gresolver.BuildOptions{})
+	want = `scheme "myconsul" (lodestar's "consul" feed) is not registered: import _ "github.com/lodestar-go/lodestar/resolver/consul"`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("per-channel Build: %v, want an error saying %s", err, want)
+	}
+
+	// The feed registers (as resolver/consul's init would): the held scheme is its.
+	resolver.Register("consul", func(u *url.URL) (resolver.Feed, error) {
+		return resolver.NewStaticAddrs(strings.TrimPrefix(u.Path, "/"))
+	})
+	if s, ok := grpcresolver.SchemeFor("consul"); !ok || s != "consul" {
+		t.Fatalf("SchemeFor(consul) = %q, %v after the feed registered", s, ok)
+	}
+	fcc := newFakeCC()
+	r, err := gresolver.Get("consul").Build(target(t, "consul:///127.0.0.1:8500"), fcc, gresolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if st := recv(t, fcc.states); len(st.Endpoints) != 1 || st.Endpoints[0].Addresses[0].Addr != "127.0.0.1:8500" {
+		t.Fatalf("state = %+v", st)
+	}
+}
+
+func TestMissingScheme(t *testing.T) {
+	for _, tc := range []struct {
+		target string
+		want   string // "" for no error
+	}{
+		{"dns:///cnsul://agent/web?token=s3cret", `target "cnsul://agent/web": scheme "cnsul" is not registered with grpc, which resolved the whole target with its "dns" resolver instead`},
+		{"passthrough:///etcd://host/key", `scheme "etcd" is not registered with grpc`},
+		{"dns:///api.internal:8080", ""},
+		{"dns:///static://127.0.0.1:1", ""}, // registered: grpc would not have fallen back
+		{"dns:///1x://host", ""},            // not a scheme
+		{"static:///cnsul://x", ""},         // not grpc's fallback
+	} {
+		err := grpcresolver.MissingScheme(target(t, tc.target))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want nil", tc.target, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want an error saying %s", tc.target, err, tc.want)
+		case err != nil && (strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "static")):
+			t.Errorf("%s: %v shows the token or does not list lodestar's schemes", tc.target, err)
+		}
+	}
+}
