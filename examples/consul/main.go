@@ -6,7 +6,8 @@
 //	go run ./examples/consul
 //
 // It needs a consul binary: on PATH, at $LODESTAR_CONSUL, or where
-// scripts/consul.sh caches it. Without one it says how to build it and exits.
+// scripts/consul.sh caches it (so running that script once is enough). Without
+// one it prints a one-line hint saying so and exits with status 1.
 package main
 
 import (
@@ -37,14 +38,10 @@ const consulVersion = "1.21.0"
 
 func main() {
 	log.SetFlags(0)
-	bin := findConsul()
-	if bin == "" {
-		fmt.Println("No consul binary found (not on PATH, not at $LODESTAR_CONSUL, not in the scripts/consul.sh cache).")
-		fmt.Println("Build it once (about 10-25 minutes) and run again:")
-		fmt.Println()
-		fmt.Println("    scripts/consul.sh")
-		fmt.Println("    go run ./examples/consul")
-		return
+	bin, err := findConsul()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "examples/consul:", err)
+		os.Exit(1)
 	}
 	if err := run(bin); err != nil {
 		log.Fatal(err)
@@ -108,23 +105,44 @@ func run(bin string) error {
 	}
 	defer tr.Close()
 	httpClient := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	get := func() (string, error) {
+		resp, err := httpClient.Get("http://web/")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(body)), err
+	}
 
+	// The first request goes out as soon as NewTransport returns, with no
+	// waiting of our own: lodestar holds it until Consul's first answer.
+	t0 := time.Now()
+	who, err := get()
+	if err != nil {
+		return fmt.Errorf("the first request: %w", err)
+	}
+	fmt.Printf("first request, sent as soon as NewTransport returned: answered by %s in %v\n", who, time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("  (lodestar held it until Consul's first answer; no waiting in this program)\n")
+
+	failed := 0
 	show := func(step string, want int) {
-		// Wait (briefly) until the balancer sees the set Consul now holds.
+		// A change made in Consul reaches lodestar through its next blocking
+		// query: wait (briefly) until the balancer sees the set Consul now
+		// holds, so the counts below are the new set's.
 		deadline := time.Now().Add(3 * time.Second)
 		for len(tr.Engine("web").Eligible()) != want && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		counts := map[string]int{}
 		for range 40 {
-			resp, err := httpClient.Get("http://web/")
+			who, err := get()
 			if err != nil {
+				failed++
 				counts["error: "+err.Error()]++
 				continue
 			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			counts[strings.TrimSpace(string(body))]++
+			counts[who]++
 		}
 		keys := make([]string, 0, len(counts))
 		for k := range counts {
@@ -162,6 +180,9 @@ func run(bin string) error {
 		return err
 	}
 	show("web-1 passing again:", 2)
+	if failed > 0 {
+		return fmt.Errorf("%d requests failed", failed)
+	}
 	return nil
 }
 
@@ -179,12 +200,19 @@ func backend(name string) (addr string, stop func(), err error) {
 }
 
 // findConsul looks for the binary on PATH, at $LODESTAR_CONSUL, then in the
-// scripts/consul.sh cache.
-func findConsul() string {
+// scripts/consul.sh cache ($LODESTAR_CACHE, else the user cache directory's
+// lodestar folder, as the script does). Without one, its error is a one-line
+// hint: where it looked and what to run.
+func findConsul() (string, error) {
 	if p, err := exec.LookPath("consul"); err == nil {
-		return p
+		return p, nil
 	}
-	candidates := []string{os.Getenv("LODESTAR_CONSUL")}
+	looked := []string{"not on PATH"}
+	var candidates []string
+	if env := os.Getenv("LODESTAR_CONSUL"); env != "" {
+		candidates = append(candidates, env)
+		looked = append(looked, "$LODESTAR_CONSUL="+env+" is not an executable file")
+	}
 	cache := os.Getenv("LODESTAR_CACHE")
 	if cache == "" {
 		if dir, err := os.UserCacheDir(); err == nil {
@@ -192,14 +220,17 @@ func findConsul() string {
 		}
 	}
 	if cache != "" {
-		candidates = append(candidates, filepath.Join(cache, "consul-"+consulVersion, "consul"))
+		c := filepath.Join(cache, "consul-"+consulVersion, "consul")
+		candidates = append(candidates, c)
+		looked = append(looked, "not at "+c)
 	}
 	for _, c := range candidates {
-		if st, err := os.Stat(c); c != "" && err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return c
+		if st, err := os.Stat(c); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return c, nil
 		}
 	}
-	return ""
+	return "", fmt.Errorf("no consul binary (%s): run scripts/consul.sh once (10-25 min; this program finds the consul %s it caches), then run this again",
+		strings.Join(looked, ", "), consulVersion)
 }
 
 type agent struct {

@@ -8,7 +8,8 @@
 // The algorithm, "fewest_failures", samples two endpoints at random and picks
 // the one with fewer failed requests so far (from the outcome counters the
 // engine keeps on every endpoint). Three backends serve each door; one fails
-// half of its requests, and the algorithm steers traffic away from it.
+// half of its requests, and the algorithm steers traffic away from it. The
+// program prints what it sets up, what each backend got, and why.
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -80,7 +82,10 @@ func failures(ep *balancer.Endpoint) uint64 {
 }
 
 // config is plain JSON: the same text configures HTTP and gRPC.
-const config = `{"algorithm": "fewest_failures", "waitForEndpoints": "5s"}`
+const config = `{"algorithm": "fewest_failures"}`
+
+// requests is how many requests (RPCs) each door sends.
+const requests = 600
 
 func main() {
 	if err := run(os.Stdout); err != nil {
@@ -89,19 +94,31 @@ func main() {
 }
 
 func run(out io.Writer) error {
+	fmt.Fprintf(out, "fewest_failures is an algorithm written outside lodestar and registered by name.\n")
+	fmt.Fprintf(out, "Each pick draws two of the backends at random and takes the one with fewer failed requests so far.\n")
+	fmt.Fprintf(out, "Each door gets 3 backends: two healthy ones and a failing one that answers half its requests with an error;\n")
+	fmt.Fprintf(out, "%d requests each, one at a time, so a fair share would be %d per backend.\n\n", requests, requests/3)
 	if err := runHTTP(out); err != nil {
 		return err
 	}
-	return runGRPC(out)
+	if err := runGRPC(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nWhy those numbers: once the failing backend has failed once, it loses every draw that includes a\n")
+	fmt.Fprintf(out, "healthy backend, so it is picked only when both draws are itself: 1 pick in 9, about %d of %d, plus\n", requests/9, requests)
+	fmt.Fprintf(out, "a few picks before its first failure. The healthy two tie at 0 failures (a tie takes the first draw),\n")
+	fmt.Fprintf(out, "so each gets 4 picks in 9, about %d, give or take the randomness of the draws.\n", requests*4/9)
+	return nil
 }
 
 func runHTTP(out io.Writer) error {
 	var addrs [3]string
-	var served [3]atomic.Int64
+	var served, failed [3]atomic.Int64
 	for i := range addrs {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			served[i].Add(1)
 			if i == 2 && rand.IntN(2) == 0 { // backend 2 fails half the time
+				failed[i].Add(1)
 				http.Error(w, "failing", http.StatusInternalServerError)
 			}
 		}))
@@ -120,7 +137,7 @@ func runHTTP(out io.Writer) error {
 	}
 	defer tr.Close()
 	client := &http.Client{Transport: tr}
-	for range 600 {
+	for range requests {
 		resp, err := client.Get("http://api/")
 		if err != nil {
 			return err
@@ -128,20 +145,22 @@ func runHTTP(out io.Writer) error {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	fmt.Fprintf(out, "HTTP, 600 requests with %s: healthy %d, %d; failing %d\n",
-		config, served[0].Load(), served[1].Load(), served[2].Load())
+	fmt.Fprintf(out, "HTTP, %d requests with %s: healthy %d, %d; failing %d (%d of them answered 500)\n",
+		requests, config, served[0].Load(), served[1].Load(), served[2].Load(), failed[2].Load())
 	return nil
 }
 
 type testServer struct {
 	testgrpc.UnimplementedTestServiceServer
-	calls   atomic.Int64
-	failing bool
+	calls    atomic.Int64
+	failures atomic.Int64
+	failing  bool
 }
 
 func (s *testServer) EmptyCall(context.Context, *testgrpc.Empty) (*testgrpc.Empty, error) {
 	s.calls.Add(1)
 	if s.failing && rand.IntN(2) == 0 {
+		s.failures.Add(1)
 		return nil, status.Error(codes.Internal, "failing")
 	}
 	return &testgrpc.Empty{}, nil
@@ -173,13 +192,41 @@ func runGRPC(out io.Writer) error {
 	}
 	defer conn.Close()
 	client := testgrpc.NewTestServiceClient(conn)
-	for range 600 {
-		_, err := client.EmptyCall(context.Background(), &testgrpc.Empty{}, grpc.WaitForReady(true))
+	emptyCall := func() error {
+		_, err := client.EmptyCall(context.Background(), &testgrpc.Empty{})
 		if status.Code(err) != codes.OK && status.Code(err) != codes.Internal {
 			return err
 		}
+		return nil
 	}
-	fmt.Fprintf(out, "gRPC, 600 RPCs with the same config:   healthy %d, %d; failing %d\n",
-		servers[0].calls.Load(), servers[1].calls.Load(), servers[2].calls.Load())
+	// The channel connects to the backends in the background, and an RPC goes
+	// only to a backend whose connection is ready: until both healthy ones are
+	// connected, RPCs go to whichever is (the failing one, some runs). Count
+	// from when both have answered, so that both doors start even. (The very
+	// first RPC needs no waiting of its own: it waits for a connection.)
+	warmup := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for servers[0].calls.Load() == 0 || servers[1].calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gRPC: the healthy backends did not both answer within 10s (%d RPCs)", warmup)
+		}
+		if err := emptyCall(); err != nil {
+			return err
+		}
+		warmup++
+	}
+	for _, s := range servers {
+		s.calls.Store(0)
+		s.failures.Store(0)
+	}
+	for range requests {
+		if err := emptyCall(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "gRPC, %d RPCs with the same config:   healthy %d, %d; failing %d (%d of them answered INTERNAL)\n",
+		requests, servers[0].calls.Load(), servers[1].calls.Load(), servers[2].calls.Load(), servers[2].failures.Load())
+	fmt.Fprintf(out, "  (counted after %d warm-up RPC(s): gRPC sends an RPC only to a backend it is connected to, so the\n", warmup)
+	fmt.Fprintf(out, "  warm-up lasts until both healthy backends are connected and have answered once)\n")
 	return nil
 }

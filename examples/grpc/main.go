@@ -6,17 +6,20 @@
 //	go run ./examples/grpc
 //
 // It shows round robin and least request over a "static:///" target, sticky
-// routing with ring_hash and a metadata affinity key, a server that turns
-// NOT_SERVING leaving the rotation (client-side health checking), and an
-// weighted endpoint added at run time through a lodestar feed used as a
-// per-channel resolver.
+// routing with ring_hash and a metadata affinity key (24 users, each sticking
+// to one backend, spread over the four), a server that turns NOT_SERVING
+// leaving the rotation (client-side health checking), and a weighted endpoint
+// added at run time through a lodestar feed used as a per-channel resolver.
 package main
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -49,17 +52,17 @@ func (s *server) EmptyCall(context.Context, *testgrpc.Empty) (*testgrpc.Empty, e
 	return &testgrpc.Empty{}, nil
 }
 
-func start(name string) *server {
+func start(name string) (*server, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		log.Fatal(err)
+		return nil, err
 	}
 	s := &server{name: name, addr: lis.Addr().String(), health: health.NewServer(), srv: grpc.NewServer()}
 	testgrpc.RegisterTestServiceServer(s.srv, s)
 	healthpb.RegisterHealthServer(s.srv, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	go s.srv.Serve(lis)
-	return s
+	return s, nil
 }
 
 type fleet []*server
@@ -88,18 +91,18 @@ func (f fleet) addrs() []string {
 
 // dial opens a channel with the lodestar policy configured by cfg (the same
 // JSON the HTTP transport takes) and client-side health checking.
-func dial(target, cfg string, opts ...grpc.DialOption) (*grpc.ClientConn, testgrpc.TestServiceClient) {
+func dial(target, cfg string, opts ...grpc.DialOption) (*grpc.ClientConn, testgrpc.TestServiceClient, error) {
 	sc := fmt.Sprintf(`{"loadBalancingConfig":[{"lodestar":%s}],"healthCheckConfig":{"serviceName":""}}`, cfg)
 	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultServiceConfig(sc))
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		log.Fatal(err)
+		return nil, nil, err
 	}
-	return conn, testgrpc.NewTestServiceClient(conn)
+	return conn, testgrpc.NewTestServiceClient(conn), nil
 }
 
 // call sends n RPCs from 8 goroutines, with ctx's metadata.
-func call(ctx context.Context, client testgrpc.TestServiceClient, n int) {
+func call(ctx context.Context, client testgrpc.TestServiceClient, n int) error {
 	var next atomic.Int64
 	errs := make(chan error, 8)
 	for range 8 {
@@ -113,73 +116,123 @@ func call(ctx context.Context, client testgrpc.TestServiceClient, n int) {
 			errs <- nil
 		}()
 	}
+	var first error
 	for range 8 {
-		if err := <-errs; err != nil {
-			log.Fatal(err)
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
+	return first
 }
 
-// warm waits until every server in f has answered once.
-func warm(client testgrpc.TestServiceClient, f fleet) {
+// warm sends RPCs until every server in f has answered once, then resets the
+// counts. It does not wait for discovery (a static target's list is in force
+// as soon as the channel is built); it waits for connections: the channel
+// connects to the backends in the background, RPCs go only to connected ones,
+// and the counts below are meant to start with all of them in the rotation.
+func warm(client testgrpc.TestServiceClient, f fleet) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		all := true
 		for _, s := range f {
 			all = all && s.calls.Load() > 0
 		}
-		if all || time.Now().After(deadline) {
+		if all {
 			f.reset()
-			return
+			return nil
 		}
-		call(context.Background(), client, 1)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not every server answered within 10s:%v", f)
+		}
+		if err := call(context.Background(), client, 1); err != nil {
+			return err
+		}
 	}
 }
 
 func main() {
-	servers := fleet{start("a"), start("b"), start("c"), start("d")}
+	if err := run(os.Stdout); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// users and rpcsPerUser size the ring_hash part: enough users that they spread
+// over the four backends whatever ports the servers get.
+const (
+	users       = 24
+	rpcsPerUser = 20
+)
+
+func run(out io.Writer) error {
+	var servers fleet
 	defer func() {
 		for _, s := range servers {
 			s.srv.Stop()
 		}
 	}()
+	for _, name := range []string{"a", "b", "c", "d"} {
+		s, err := start(name)
+		if err != nil {
+			return err
+		}
+		servers = append(servers, s)
+	}
 	target := "static:///" + strings.Join(servers.addrs(), ",")
-	fmt.Println("target:", target)
+	fmt.Fprintln(out, "target:", target)
 
+	// peak_ewma assumes an endpoint it has not heard from yet costs defaultRTT:
+	// set it near the real latency (here loopback, well under a millisecond),
+	// or the endpoints that answered first stay cheaper than untried ones.
+	algorithms := map[string]string{
+		"round_robin":   `"round_robin"`,
+		"least_request": `"least_request"`,
+		"peak_ewma":     `{"peak_ewma": {"defaultRTT": "100us"}}`,
+	}
 	for _, alg := range []string{"round_robin", "least_request", "peak_ewma"} {
-		conn, client := dial(target, fmt.Sprintf(`{"algorithm":%q}`, alg))
-		warm(client, servers)
-		call(context.Background(), client, 2000)
-		fmt.Printf("%-28s%v\n", alg+", 2000 RPCs:", servers)
-		servers.reset()
+		conn, client, err := dial(target, fmt.Sprintf(`{"algorithm":%s}`, algorithms[alg]))
+		if err != nil {
+			return err
+		}
+		err = warm(client, servers)
+		if err == nil {
+			err = call(context.Background(), client, 2000)
+		}
 		conn.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", alg, err)
+		}
+		fmt.Fprintf(out, "%-28s%v\n", alg+", 2000 RPCs:", servers)
+		servers.reset()
 	}
 
-	// Sticky routing: ring_hash keyed by the "x-user" metadata.
-	conn, client := dial(target, `{"algorithm":"ring_hash","affinity":{"metadata":"x-user"}}`)
-	warm(client, servers)
-	for _, user := range []string{"alice", "bob", "carol"} {
-		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-user", user)
-		call(ctx, client, 300)
-		fmt.Printf("%-28s%v\n", "ring_hash, x-user="+user+":", servers)
-		servers.reset()
+	if err := sticky(out, target, servers); err != nil {
+		return fmt.Errorf("ring_hash: %w", err)
 	}
-	conn.Close()
 
 	// Health: server c reports NOT_SERVING and leaves the rotation; no RPC fails.
-	conn, client = dial(target, `{"algorithm":"round_robin"}`)
-	warm(client, servers)
+	conn, client, err := dial(target, `{"algorithm":"round_robin"}`)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := warm(client, servers); err != nil {
+		return err
+	}
 	servers[2].health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	deadline := time.Now().Add(10 * time.Second)
 	for servers.reset(); ; servers.reset() { // until a window without c
-		call(context.Background(), client, 100)
+		if err := call(context.Background(), client, 100); err != nil {
+			return err
+		}
 		if servers[2].calls.Load() == 0 || time.Now().After(deadline) {
 			break
 		}
 	}
 	servers.reset()
-	call(context.Background(), client, 2000)
-	fmt.Printf("%-28s%v\n", "c NOT_SERVING, 2000 RPCs:", servers)
+	if err := call(context.Background(), client, 2000); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%-28s%v\n", "c NOT_SERVING, 2000 RPCs:", servers)
 	servers[2].health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	conn.Close()
 
@@ -187,20 +240,78 @@ func main() {
 	// d with weight 2 (weighted round robin).
 	feed, err := resolver.NewStaticAddrs(servers[0].addr, servers[1].addr)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
-	conn, client = dial("demo:///backend", `{"algorithm":"weighted_round_robin"}`, grpc.WithResolvers(grpcresolver.FeedBuilder("demo", feed)))
-	warm(client, servers[:2])
+	conn, client, err = dial("demo:///backend", `{"algorithm":"weighted_round_robin"}`, grpc.WithResolvers(grpcresolver.FeedBuilder("demo", feed)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := warm(client, servers[:2]); err != nil {
+		return err
+	}
 	servers.reset()
-	call(context.Background(), client, 1000)
-	fmt.Printf("%-28s%v\n", "feed {a,b}, 1000 RPCs:", servers)
+	if err := call(context.Background(), client, 1000); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%-28s%v\n", "feed {a,b}, 1000 RPCs:", servers)
 	if err := feed.Set(resolver.Endpoint{Address: servers[0].addr}, resolver.Endpoint{Address: servers[1].addr},
 		resolver.Endpoint{Address: servers[3].addr, Weight: 2}); err != nil {
-		log.Fatal(err)
+		return err
 	}
-	warm(client, fleet{servers[3]})
+	if err := warm(client, fleet{servers[3]}); err != nil { // d's connection
+		return err
+	}
 	servers.reset()
-	call(context.Background(), client, 1000)
-	fmt.Printf("%-28s%v\n", "feed {a,b,d(weight 2)}:", servers)
-	conn.Close()
+	if err := call(context.Background(), client, 1000); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%-28s%v\n", "feed {a,b,d(weight 2)}:", servers)
+	return nil
+}
+
+// sticky shows ring_hash keyed by the "x-user" metadata: users user-1 to
+// user-24 each send a few RPCs; each user's RPCs all go to one backend (it
+// fails if not), and the users spread over the backends, each backend owning
+// the keys that hash to its arcs of the ring.
+func sticky(out io.Writer, target string, servers fleet) error {
+	conn, client, err := dial(target, `{"algorithm":"ring_hash","affinity":{"metadata":"x-user"}}`)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// All four connected first: a key's backend is its place on the ring
+	// among the connected backends.
+	if err := warm(client, servers); err != nil {
+		return err
+	}
+	byBackend := map[string][]string{}
+	for i := 1; i <= users; i++ {
+		user := "user-" + strconv.Itoa(i)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-user", user)
+		if err := call(ctx, client, rpcsPerUser); err != nil {
+			return err
+		}
+		var got []string
+		for _, s := range servers {
+			if s.calls.Load() > 0 {
+				got = append(got, s.name)
+			}
+		}
+		if len(got) != 1 {
+			return fmt.Errorf("%s's %d RPCs went to %d backends:%v", user, rpcsPerUser, len(got), servers)
+		}
+		byBackend[got[0]] = append(byBackend[got[0]], user)
+		servers.reset()
+	}
+	fmt.Fprintf(out, "ring_hash, x-user=user-1..user-%d, %d RPCs each: every user's RPCs went to one backend, and\n", users, rpcsPerUser)
+	spread := fmt.Sprintf("%d of the %d", len(byBackend), len(servers))
+	if len(byBackend) == len(servers) {
+		spread = fmt.Sprintf("all %d", len(servers))
+	}
+	fmt.Fprintf(out, "the users spread over %s backends (each owns the keys that hash to its arcs of the ring):\n", spread)
+	for _, s := range servers {
+		fmt.Fprintf(out, "  %s: %2d users  %s\n", s.name, len(byBackend[s.name]), strings.Join(byBackend[s.name], " "))
+	}
+	return nil
 }
