@@ -19,13 +19,18 @@
 //
 //	tr, err := lodestar.NewTransport(lodestar.Options{
 //		Services: map[string]lodestar.Service{
-//			"users": {Target: "static:///10.0.0.1:8080,10.0.0.2:8080"},
+//			"users": {Target: "static:///127.0.0.1:8081,127.0.0.1:8082"},
 //		},
 //	})
-//	if err != nil { ... }
+//	if err != nil {
+//		log.Fatal(err)
+//	}
 //	defer tr.Close()
 //	client := &http.Client{Transport: tr}
 //	resp, err := client.Get("http://users/v1/profile")
+//
+// The first request works: the static list is in force when NewTransport
+// returns, and with other feeds a request waits for discovery's first answer.
 //
 // See docs/ARCHITECTURE.md for the design, and the examples directory for
 // runnable programs.

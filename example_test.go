@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"time"
 
 	"github.com/lodestar-go/lodestar"
 	"github.com/lodestar-go/lodestar/balancer"
@@ -28,12 +27,7 @@ func ExampleNewTransport() {
 		Services: map[string]lodestar.Service{
 			"users": {
 				Target: "static:///" + backends[0] + "," + backends[1],
-				Config: balancer.Config{
-					Algorithm: &balancer.RoundRobin{},
-					// The feed delivers asynchronously: let the first
-					// request wait for it rather than fail.
-					WaitForEndpoints: time.Second,
-				},
+				Config: balancer.Config{Algorithm: &balancer.RoundRobin{}},
 			},
 		},
 	})

@@ -78,6 +78,30 @@ func (e *UnknownServiceError) Error() string {
 	return fmt.Sprintf("lodestar: host %q is not a configured service (services: %s)", e.Host, strings.Join(e.Known, ", "))
 }
 
+// Is reports whether target is ErrPermanent: the request fails the same way
+// however often it is retried.
+func (e *UnknownServiceError) Is(target error) bool { return target == ErrPermanent }
+
+// ErrPermanent is matched, with errors.Is, by every error of a request that will
+// fail the same way however often it is retried: a host that names no service
+// (*UnknownServiceError), a closed Transport (which also matches
+// balancer.ErrClosed). A retrying client around the Transport should stop on
+// it: for example, go-retryablehttp's CheckRetry returns false for it, and a
+// failsafe-go retry policy aborts on it. Other lodestar errors (no endpoint yet
+// or now, a failed exchange) may pass, and are the retrier's to judge.
+// Configuration errors never reach a request: NewTransport returns them.
+var ErrPermanent = errors.New("lodestar: permanent failure")
+
+// permanentError marks err as permanent (see ErrPermanent).
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string        { return e.err.Error() }
+func (e permanentError) Unwrap() error        { return e.err }
+func (e permanentError) Is(target error) bool { return target == ErrPermanent }
+
+// errClosed fails requests on a closed Transport.
+var errClosed error = permanentError{balancer.ErrClosed}
+
 // Transport is an http.RoundTripper that balances requests for logical services
 // over their endpoints. A request for http://users/path picks an endpoint of the
 // service "users" (say 10.0.0.7:8080), is sent there with the Host header still
@@ -239,7 +263,8 @@ func (t *Transport) lookup(host string) *service {
 // Config.InitialDiscoveryTimeout, default 10s); a static list is in force when
 // NewTransport returns.
 //
-// Errors: an *UnknownServiceError for a host that is no service; a
+// Errors: an *UnknownServiceError for a host that is no service (it matches
+// ErrPermanent, as does the error of a closed Transport); a
 // *balancer.DiscoveryPendingError (errors.Is(err, balancer.ErrDiscoveryPending))
 // when the feed has not delivered endpoints yet; a *balancer.NoEndpointsError
 // (errors.Is(err, balancer.ErrNoEndpoints)) when the service has no eligible
@@ -266,11 +291,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if t.closed.Load() {
 		closeBody(req)
-		return nil, balancer.ErrClosed
+		return nil, errClosed
 	}
 	ep, err := svc.engine.Pick(svc.affinity.pickInfo(ctx, req))
 	if err != nil {
 		closeBody(req)
+		if err == balancer.ErrClosed {
+			err = errClosed
+		}
 		return nil, err
 	}
 	return svc.send(ctx, req, ep)
@@ -387,7 +415,8 @@ func (t *Transport) CloseIdleConnections() {
 }
 
 // Close stops every service's feed and closes idle connections. Requests in
-// flight finish; later requests fail with balancer.ErrClosed.
+// flight finish; later requests fail with an error that matches
+// balancer.ErrClosed and ErrPermanent.
 func (t *Transport) Close() error {
 	if t.closed.Swap(true) {
 		return nil
