@@ -145,6 +145,36 @@ func ParseURL(target string) (*url.URL, error) {
 	return nil, err
 }
 
+// ParseQuery is url.ParseQuery with errors that name the parameter but never
+// quote a value, which may be a secret (a token), nor the name of a parameter
+// written with ';', whose value it cannot tell apart. Target parsers use it
+// for their query parameters.
+func ParseQuery(raw string) (url.Values, error) {
+	q := url.Values{}
+	for i, seg := range strings.Split(raw, "&") {
+		if seg == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(seg, "=")
+		if strings.Contains(k, ";") {
+			return nil, fmt.Errorf("parameter %d: ';' is not a separator (use '&')", i+1)
+		}
+		key, err := url.QueryUnescape(k)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %d: its name has an invalid %%-escape (want '%%' and two hex digits)", i+1)
+		}
+		if strings.Contains(v, ";") {
+			return nil, fmt.Errorf("parameter %q: ';' is not a separator (use '&')", key)
+		}
+		val, err := url.QueryUnescape(v)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %q: its value has an invalid %%-escape (want '%%' and two hex digits)", key)
+		}
+		q[key] = append(q[key], val)
+	}
+	return q, nil
+}
+
 // redacted is what Redact puts in place of a secret.
 const redacted = "REDACTED"
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -170,4 +171,19 @@ func CheckNoRepeats(t testing.TB, r *Recorder) {
 			t.Errorf("update %d: %v", i, err)
 		}
 	}
+}
+
+// Token stands for an ACL token or a password in the secret tests. Every
+// 3-character piece of it is unusual enough that finding one in an error
+// means the secret, or part of it, leaked.
+const Token = "Zq9SeCrEt7Xw"
+
+// Leaked reports whether msg holds Token or any 3-character piece of it.
+func Leaked(msg string) bool {
+	for i := 0; i+3 <= len(Token); i++ {
+		if strings.Contains(msg, Token[i:i+3]) {
+			return true
+		}
+	}
+	return false
 }

@@ -12,22 +12,13 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/lodestar-go/lodestar/internal/feedtest"
 	"github.com/lodestar-go/lodestar/resolver"
 )
 
-// testToken stands for the ACL token or a password. Every 3-character piece of
-// it is unusual enough that finding one in an error means the secret, or part
-// of it, leaked.
-const testToken = "Zq9SeCrEt7Xw"
+const testToken = feedtest.Token
 
-func leaked(msg string) bool {
-	for i := 0; i+3 <= len(testToken); i++ {
-		if strings.Contains(msg, testToken[i:i+3]) {
-			return true
-		}
-	}
-	return false
-}
+func leaked(msg string) bool { return feedtest.Leaked(msg) }
 
 // TestTargetErrorsNeverCarryTheToken runs every error path of the consul target
 // parser, through ParseTarget and through resolver.Parse, with the token in the

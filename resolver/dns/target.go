@@ -78,7 +78,7 @@ func build(u *url.URL) (*Feed, error) {
 		return nil, fmt.Errorf("%s target: path %q has more than one segment (%s)", u.Scheme, u.Path, form)
 	}
 
-	q, err := parseQuery(u.RawQuery)
+	q, err := resolver.ParseQuery(u.RawQuery)
 	if err != nil {
 		return nil, fmt.Errorf("%s target: query: %w", u.Scheme, err)
 	}
@@ -118,35 +118,6 @@ func build(u *url.URL) (*Feed, error) {
 		return nil, fmt.Errorf("%s target: %w", u.Scheme, err)
 	}
 	return f, nil
-}
-
-// parseQuery is url.ParseQuery with errors that name the parameter but never
-// quote a value, which may be a secret (a token meant for another feed), nor
-// the name of a parameter written with ';', whose value it cannot tell apart.
-func parseQuery(raw string) (url.Values, error) {
-	q := url.Values{}
-	for i, seg := range strings.Split(raw, "&") {
-		if seg == "" {
-			continue
-		}
-		k, v, _ := strings.Cut(seg, "=")
-		if strings.Contains(k, ";") {
-			return nil, fmt.Errorf("parameter %d: ';' is not a separator (use '&')", i+1)
-		}
-		key, err := url.QueryUnescape(k)
-		if err != nil {
-			return nil, fmt.Errorf("parameter %d: its name has an invalid %%-escape (want '%%' and two hex digits)", i+1)
-		}
-		if strings.Contains(v, ";") {
-			return nil, fmt.Errorf("parameter %q: ';' is not a separator (use '&')", key)
-		}
-		val, err := url.QueryUnescape(v)
-		if err != nil {
-			return nil, fmt.Errorf("parameter %q: its value has an invalid %%-escape (want '%%' and two hex digits)", key)
-		}
-		q[key] = append(q[key], val)
-	}
-	return q, nil
 }
 
 func positiveDuration(v string) (time.Duration, error) {
