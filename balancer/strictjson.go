@@ -87,8 +87,11 @@ func encodeJSON(v any) ([]byte, error) {
 // field by its JSON name and giving the range, as in
 // "choiceCount: 1 is out of range [2, 100]". A field at its zero value (a nil
 // pointer, for pointer fields) is not checked: in Go, as when it is omitted
-// from JSON, it means the default. Nested structs are not walked; their own
-// Validate checks them.
+// from JSON, it means the default. Nested structs (and pointers to them: the
+// configuration's sections, such as "outlierDetection" with its
+// "successRate") are walked, and their fields named by their path
+// ("successRate.stdevFactor"); interfaces (an Algorithm), maps and slices are
+// not.
 //
 // The tag is an interval: `range:"[2, 100]"`, with "(" or ")" for an open end
 // and ∞ for no bound, as in `range:"(0, ∞)"`. Bounds are written as the
@@ -116,6 +119,24 @@ func CheckRanges(v any) error {
 	for i := range ti.fields {
 		f := &ti.fields[i]
 		if f.rng == nil {
+			fv, ok := fieldByIndex(rv, f.index)
+			if !ok {
+				continue
+			}
+			sv := fv
+			if sv.Kind() == reflect.Pointer && !sv.IsNil() {
+				sv = sv.Elem()
+			}
+			if sv.Kind() == reflect.Struct {
+				if !sv.CanAddr() {
+					p := reflect.New(sv.Type())
+					p.Elem().Set(sv)
+					sv = p.Elem()
+				}
+				if err := CheckRanges(sv.Addr().Interface()); err != nil {
+					return inField(f.name, err)
+				}
+			}
 			continue
 		}
 		fv, ok := fieldByIndex(rv, f.index)
