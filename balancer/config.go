@@ -64,7 +64,26 @@ type Config struct {
 	// agent's first answer, short enough that a feed that never answers is
 	// reported while someone is still watching. Valid when set: 1ms-10m.
 	InitialDiscoveryTimeout time.Duration `json:"initialDiscoveryTimeout,omitempty" range:"[1ms, 10m]"`
+
+	// MaxInFlightPerEndpoint caps the requests in flight on one endpoint
+	// (Envoy's per-host max_requests): a pick skips an endpoint at its cap, and
+	// when every eligible endpoint is at it the request fails at once with an
+	// *OverloadedError (errors.Is(err, ErrOverloaded)): back pressure, never
+	// a queue. 0, the default, means no cap.
+	MaxInFlightPerEndpoint int `json:"maxInFlightPerEndpoint,omitempty" range:"[0, 1000000]"`
+	// PanicThreshold is the share of endpoints, in percent, that must be
+	// usable (not unhealthy, ejected or breaker-open) for picks to keep to the
+	// usable ones (Envoy's healthy_panic_threshold). Below it the engine is in
+	// panic: picks spread over every connected endpoint, usable or not, rather
+	// than pile onto the few left, and it says so (a PanicStarted event, a log
+	// line, Engine.Panicking). Endpoints that are not connected (gRPC) are
+	// outside the count. nil means the default, 50; 0 turns panic off. Valid
+	// 0-100.
+	PanicThreshold *float64 `json:"panicThreshold,omitempty" range:"[0, 100]"`
 }
+
+// DefaultPanicThreshold is PanicThreshold's default, in percent (Envoy's).
+const DefaultPanicThreshold = 50.0
 
 // DefaultInitialDiscoveryTimeout is InitialDiscoveryTimeout's default.
 const DefaultInitialDiscoveryTimeout = 10 * time.Second

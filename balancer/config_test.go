@@ -182,6 +182,7 @@ func sectionFields(t *testing.T, name string) []string {
 var goodValues = map[string]string{
 	"algorithm": `"random"`, "affinity": `{"header": "X-A"}`, "allowEmpty": "true",
 	"waitForEndpoints": `"1s"`, "initialDiscoveryTimeout": `"3s"`,
+	"maxInFlightPerEndpoint": `10`, "panicThreshold": `30`,
 	"header": `"X-A"`, "cookie": `"sid"`, "metadata": `"x-a"`, "clientIP": "true",
 	"slowStart": `{"window": "10s"}`, "window": `"10s"`, "aggression": "2", "minWeightPercent": "20",
 	"choiceCount": "3", "activeRequestBias": "0.5",
@@ -250,6 +251,8 @@ var rangeCases = []struct {
 }{
 	{"", "waitForEndpoints", []string{`"-1ns"`, `"-1s"`}, []string{`"0s"`, `"1h"`}, "[0, ∞)"},
 	{"", "initialDiscoveryTimeout", []string{`"0s"`, `"999µs"`, `"10m1s"`}, []string{`"1ms"`, `"10m"`}, "[1ms, 10m]"},
+	{"", "maxInFlightPerEndpoint", []string{`-1`, `1000001`}, []string{`0`, `1`, `1000000`}, "[0, 1000000]"},
+	{"", "panicThreshold", []string{`-1`, `100.5`}, []string{`0`, `50`, `100`}, "[0, 100]"},
 	{"algorithm least_request", "choiceCount", []string{"0", "1", "101", "-2", "99999999999999999999"}, []string{"2", "100"}, "[2, 100]"},
 	{"algorithm least_request", "activeRequestBias", []string{"-1", "-0.001", "100.5", "1e300"}, []string{"0", "100"}, "[0, 100]"},
 	{"algorithm peak_ewma", "decayTime", []string{`"0s"`, `"500µs"`, `"2h"`}, []string{`"1ms"`, `"1h"`}, "[1ms, 1h]"},

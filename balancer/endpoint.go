@@ -20,9 +20,35 @@ const (
 	Unhealthy
 	// Ejected: the outlier detector took the endpoint out for a while.
 	Ejected
+	// BreakerOpen: the endpoint's circuit breaker is open.
+	BreakerOpen
 	// removed: discovery dropped the endpoint; it drains.
 	removed
 )
+
+// conditionNames names the public conditions, in bit order.
+var conditionNames = []struct {
+	c    Condition
+	name string
+}{{NotConnected, "not connected"}, {Unhealthy, "unhealthy"}, {Ejected, "ejected"}, {BreakerOpen, "breaker open"}}
+
+// String names the conditions in c, joined by "+", or "eligible" when none holds.
+func (c Condition) String() string {
+	c &^= removed
+	if c == 0 {
+		return "eligible"
+	}
+	s := ""
+	for _, n := range conditionNames {
+		if c&n.c != 0 {
+			if s != "" {
+				s += "+"
+			}
+			s += n.name
+		}
+	}
+	return s
+}
 
 // Endpoint is the engine's live view of one backend: its discovery record, the
 // requests in flight on it and what they came to. Every figure is an atomic,

@@ -75,6 +75,10 @@ type Engine struct {
 	// until initialDeadline.
 	started, initialDeadline time.Time
 
+	panicking bool // the last snapshot was built in panic (see Config.PanicThreshold)
+
+	ev events // the subscribers and the queue of events to deliver
+
 	cancel context.CancelFunc // stops the feed started by Start
 	unsub  func()             // ends a Subscriber feed's subscription
 	wg     sync.WaitGroup
@@ -84,12 +88,20 @@ type Engine struct {
 // Reconfigure: picks read it from their snapshot, Done from Engine.mode.
 type mode struct {
 	waitForEndpoints time.Duration
+	maxInFlight      int64   // Config.MaxInFlightPerEndpoint, 0 for none
+	panicThreshold   float64 // percent; 0 for off
+	gated            bool    // a pick must pass admit before it is returned
 	observer         OutcomeObserver // the algorithm, if it observes outcomes
 	trackTotal       bool            // the algorithm is TotalCounting: keep total
 }
 
 func newMode(cfg Config, alg Algorithm) *mode {
-	m := &mode{waitForEndpoints: cfg.WaitForEndpoints}
+	m := &mode{waitForEndpoints: cfg.WaitForEndpoints, maxInFlight: int64(cfg.MaxInFlightPerEndpoint),
+		panicThreshold: DefaultPanicThreshold}
+	if cfg.PanicThreshold != nil {
+		m.panicThreshold = *cfg.PanicThreshold
+	}
+	m.gated = m.maxInFlight > 0
 	m.observer, _ = alg.(OutcomeObserver)
 	_, m.trackTotal = alg.(TotalCounting)
 	return m
@@ -104,6 +116,7 @@ type snapshot struct {
 	all          []*Endpoint   // discovered, by address
 	err          error         // returned when picker is nil
 	pending      bool          // the feed has not answered yet: picks wait for it
+	tolerated    uint32        // conditions picks ignore: in panic, all but NotConnected and removed
 	changed      chan struct{} // closed when this snapshot is replaced
 }
 
@@ -156,13 +169,15 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		return err
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.closed {
+		e.mu.Unlock()
 		return ErrClosed
 	}
 	e.cfg, e.alg = cfg, cfg.algorithm()
 	e.mode.Store(newMode(cfg, e.alg))
 	e.rebuildLocked()
+	e.mu.Unlock()
+	e.dispatch()
 	return nil
 }
 
@@ -260,7 +275,7 @@ func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 	// before it reads the count (both sequentially consistent atomics), so
 	// either this load sees the removal or the drain sees the count. The same
 	// load keeps a condition set meanwhile (SetCondition) from being ignored.
-	if ep.conds.Load() == 0 {
+	if ep.conds.Load()&^s.tolerated == 0 && !s.mode.gated {
 		return ep, nil
 	}
 	return e.repick(info, s, ep)
@@ -280,30 +295,70 @@ func waitable(err error) bool {
 	return err != ErrClosed && (errors.Is(err, ErrNoEndpoints) || errors.Is(err, ErrDiscoveryPending))
 }
 
-// repick undoes the count of ep, which became ineligible between the load of s
-// and the count, and picks again from a snapshot that no longer offers it.
+// repick is the pick's slow path once the picker chose ep (counted in flight):
+// ep became ineligible between the load of s and the count, or s is gated
+// (Config.MaxInFlightPerEndpoint). It returns ep if it may go, or takes its
+// count back and picks again: from a snapshot that no longer offers a
+// removed or conditioned endpoint, or, when ep is only at its limit, up to a
+// few more times and then by a scan for any endpoint under the limit.
 func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, error) {
+	busy := 0 // picks that found their endpoint at its limit
 	for {
-		e.release(ep)
-		// Whoever made ep ineligible publishes a new snapshot right after (the
-		// condition is stored under the engine's lock, then the rebuild runs):
-		// wait for it rather than pick from s again.
-		if e.snap.Load() == s {
-			<-s.changed
-		}
-		s = e.snap.Load()
-		if s.picker == nil {
-			return e.pickFailed(info, s, s.err)
+		if ep.conds.Load()&^s.tolerated == 0 {
+			if e.admit(s, ep) {
+				return ep, nil
+			}
+			e.release(ep)
+			if busy++; busy >= min(len(s.endpoints), 4) {
+				return e.scan(s)
+			}
+		} else {
+			e.release(ep)
+			// Whoever made ep ineligible publishes a new snapshot right after
+			// (the condition is stored under the engine's lock, then the
+			// rebuild runs): wait for it rather than pick from s again.
+			if e.snap.Load() == s {
+				<-s.changed
+			}
+			if s = e.snap.Load(); s.picker == nil {
+				return e.pickFailed(info, s, s.err)
+			}
 		}
 		var err error
 		if ep, err = s.picker.Pick(info); err != nil {
 			return e.pickFailed(info, s, err)
 		}
 		e.count(s, ep)
-		if ep.conds.Load() == 0 {
+	}
+}
+
+// admit reports whether ep, counted in flight, may take the request: it is
+// within Config.MaxInFlightPerEndpoint (counting this request; a request
+// turned away here was never sent, so the limit is never exceeded by requests
+// that are).
+func (e *Engine) admit(s *snapshot, ep *Endpoint) bool {
+	return s.mode.maxInFlight == 0 || ep.inflight.Load() <= s.mode.maxInFlight
+}
+
+// scan looks for any endpoint of s that admits a request, from a random start,
+// after the picker's choices were all at their limit; none gives an
+// *OverloadedError.
+func (e *Engine) scan(s *snapshot) (*Endpoint, error) {
+	n := len(s.endpoints)
+	start := int(e.opts.Rand() % uint64(n))
+	for i := range n {
+		ep := s.endpoints[(start+i)%n]
+		ep.inflight.Add(1)
+		if s.mode.trackTotal {
+			e.total.Add(1)
+			ep.inTotal.Add(1)
+		}
+		if ep.conds.Load()&^s.tolerated == 0 && e.admit(s, ep) {
 			return ep, nil
 		}
+		e.release(ep)
 	}
+	return nil, &OverloadedError{Service: e.opts.Service, Endpoints: n, Limit: int(s.mode.maxInFlight)}
 }
 
 // count counts a pick from s in flight, unless s's picker counts for itself.
@@ -400,7 +455,7 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, err
 			continue
 		}
 		e.count(s, ep)
-		if ep.conds.Load() == 0 {
+		if ep.conds.Load()&^s.tolerated == 0 && !s.mode.gated {
 			return ep, nil
 		}
 		return e.repick(info, s, ep)
@@ -508,6 +563,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 		e.endpoints[info.Address] = ep
 		newEps = append(newEps, ep)
 		added++
+		e.emit(Event{Kind: EndpointAdded, Address: ep.addr, New: ep.Conditions(), At: now})
 	}
 	for addr, ep := range e.endpoints {
 		if _, ok := seen[addr]; ok {
@@ -516,6 +572,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 		delete(e.endpoints, addr)
 		ep.setCondition(removed, true, now)
 		removedN++
+		e.emit(Event{Kind: EndpointRemoved, Address: addr, Old: ep.Conditions(), New: ep.Conditions(), At: now})
 		if ep.inflight.Load() == 0 {
 			drained = append(drained, ep)
 		} else {
@@ -527,6 +584,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 	}
 	e.rebuildLocked()
 	e.mu.Unlock()
+	e.dispatch()
 
 	if added > 0 || removedN > 0 {
 		e.opts.Logger.Debug("lodestar: endpoints changed", "service", e.opts.Service,
@@ -555,20 +613,39 @@ func (e *Engine) ReportError(err error) {
 
 // SetCondition sets (on) or clears a condition on the endpoint at addr and
 // rebuilds the picker if the endpoint's eligibility changed. It reports whether
-// the endpoint is known.
+// the endpoint is known. A pick that starts after SetCondition returns sees the
+// change.
 func (e *Engine) SetCondition(addr string, c Condition, on bool) bool {
+	return e.SetConditionWhy(addr, c, on, "")
+}
+
+// SetConditionWhy is SetCondition with a reason, which the ConditionChanged
+// event carries ("5 consecutive failures", "health check: status 503").
+func (e *Engine) SetConditionWhy(addr string, c Condition, on bool, why string) bool {
 	c &^= removed
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	ep, ok := e.endpoints[addr]
-	if !ok {
-		return false
-	}
-	if ep.setCondition(c, on, e.opts.Now()) && !e.closed {
+	if ok && !e.closed && e.setConditionLocked(ep, c, on, why) {
 		e.rebuildLocked()
 	}
-	return true
+	e.mu.Unlock()
+	e.dispatch()
+	return ok
 }
+
+// setConditionLocked sets or clears c on ep, emits the change, and reports
+// whether ep's eligibility changed (so the picker must be rebuilt).
+func (e *Engine) setConditionLocked(ep *Endpoint, c Condition, on bool, why string) bool {
+	old := Condition(ep.conds.Load())
+	changed := ep.setCondition(c, on, e.opts.Now())
+	if cur := Condition(ep.conds.Load()); cur != old {
+		e.emit(Event{Kind: ConditionChanged, Address: ep.addr, Old: old &^ removed, New: cur &^ removed, Why: why})
+	}
+	return changed
+}
+
+// Panicking reports whether the engine is in panic (see Config.PanicThreshold).
+func (e *Engine) Panicking() bool { return e.snap.Load().tolerated != 0 }
 
 // finishDrain hands a removed endpoint whose last request finished to OnDrained,
 // once, unless discovery brought it back meanwhile.
@@ -585,6 +662,8 @@ func (e *Engine) finishDrain(ep *Endpoint) {
 }
 
 func (e *Engine) notifyDrained(ep *Endpoint) {
+	e.emit(Event{Kind: EndpointDrained, Address: ep.addr, Old: ep.Conditions(), New: ep.Conditions()})
+	e.dispatch()
 	if e.opts.OnDrained != nil {
 		e.opts.OnDrained(ep)
 	}
@@ -601,13 +680,44 @@ func (e *Engine) rebuildLocked() {
 		slices.SortFunc(all, byAddress)
 		e.sorted = all // shared by snapshots, never modified
 	}
+	m := e.mode.Load()
 	eligible := make([]*Endpoint, 0, len(all))
+	connected := 0
 	for _, ep := range all {
 		if ep.eligible() {
 			eligible = append(eligible, ep)
 		}
+		if Condition(ep.conds.Load())&NotConnected == 0 {
+			connected++
+		}
 	}
-	s := &snapshot{mode: e.mode.Load(), endpoints: eligible, all: all, changed: make(chan struct{})}
+	var tolerated Condition
+	usable := len(eligible)
+	if m.panicThreshold > 0 && connected > 0 && float64(usable)*100 < m.panicThreshold*float64(connected) {
+		// Panic: too few usable endpoints to carry the load; spread it over
+		// every connected one instead (Envoy's panic threshold).
+		tolerated = Unhealthy | Ejected | BreakerOpen
+		eligible = eligible[:0]
+		for _, ep := range all {
+			if Condition(ep.conds.Load())&^tolerated == 0 {
+				eligible = append(eligible, ep)
+			}
+		}
+	}
+	if panicking := tolerated != 0; panicking != e.panicking && !e.closed {
+		e.panicking = panicking
+		kind, why := PanicEnded, fmt.Sprintf("%d of %d connected endpoints usable", usable, connected)
+		if panicking {
+			kind = PanicStarted
+			why = fmt.Sprintf("only %d of %d connected endpoints usable, below the %v%% panic threshold: spreading over all of them",
+				usable, connected, m.panicThreshold)
+			e.opts.Logger.Warn("lodestar: panic mode", "service", e.opts.Service, "why", why)
+		} else {
+			e.opts.Logger.Info("lodestar: panic mode ended", "service", e.opts.Service, "why", why)
+		}
+		e.emit(Event{Kind: kind, Why: why})
+	}
+	s := &snapshot{mode: m, endpoints: eligible, all: all, tolerated: uint32(tolerated), changed: make(chan struct{})}
 	if len(eligible) > 0 {
 		bi := BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand}
 		if s.mode.trackTotal {
@@ -655,22 +765,19 @@ func reason(all []*Endpoint) string {
 	if len(all) == 0 {
 		return "discovery has found no endpoints"
 	}
-	counts := map[string]int{}
+	counts := make([]int, len(conditionNames))
 	for _, ep := range all {
 		c := ep.Conditions()
-		for _, n := range []struct {
-			c    Condition
-			name string
-		}{{NotConnected, "not connected"}, {Unhealthy, "unhealthy"}, {Ejected, "ejected"}} {
+		for i, n := range conditionNames {
 			if c&n.c != 0 {
-				counts[n.name]++
+				counts[i]++
 			}
 		}
 	}
-	parts := make([]string, 0, len(counts))
-	for _, n := range []string{"not connected", "unhealthy", "ejected"} {
-		if counts[n] > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", counts[n], n))
+	var parts []string
+	for i, n := range conditionNames {
+		if counts[i] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[i], n.name))
 		}
 	}
 	return fmt.Sprintf("all %d endpoints are unavailable (%s)", len(all), strings.Join(parts, ", "))

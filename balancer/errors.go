@@ -101,3 +101,27 @@ func (e *DiscoveryPendingError) Unwrap() []error {
 	}
 	return errs
 }
+
+// ErrOverloaded is matched (with errors.Is) by the error of a pick that found
+// every eligible endpoint at Config.MaxInFlightPerEndpoint.
+var ErrOverloaded = errors.New("lodestar: every endpoint is at its concurrency limit")
+
+// OverloadedError says that every eligible endpoint of a service is at its
+// concurrency limit. errors.Is(err, ErrOverloaded) matches it; it is not
+// ErrNoEndpoints (the endpoints are there, and busy).
+type OverloadedError struct {
+	// Service is the engine's service name.
+	Service string
+	// Endpoints is how many eligible endpoints were at the limit.
+	Endpoints int
+	// Limit is Config.MaxInFlightPerEndpoint.
+	Limit int
+}
+
+// Error says which service is overloaded and at what limit.
+func (e *OverloadedError) Error() string {
+	return fmt.Sprintf("lodestar: all %d endpoints of %q are at their limit of %d requests in flight (maxInFlightPerEndpoint)", e.Endpoints, e.Service, e.Limit)
+}
+
+// Is reports whether target is ErrOverloaded.
+func (e *OverloadedError) Is(target error) bool { return target == ErrOverloaded }

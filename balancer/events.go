@@ -1,0 +1,126 @@
+package balancer
+
+import (
+	"sync"
+	"time"
+)
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+const (
+	// EndpointAdded: discovery added the endpoint.
+	EndpointAdded EventKind = iota + 1
+	// EndpointRemoved: discovery removed the endpoint; it drains.
+	EndpointRemoved
+	// EndpointDrained: a removed endpoint's last request finished.
+	EndpointDrained
+	// ConditionChanged: a condition was set on or cleared from the endpoint
+	// (Old and New say which; Why says who and why: "ejected: 5 consecutive
+	// failures", "breaker open", "health check: status 503", ...).
+	ConditionChanged
+	// PanicStarted: too few endpoints are usable (Config.PanicThreshold), so
+	// picks spread over every connected endpoint, usable or not.
+	PanicStarted
+	// PanicEnded: enough endpoints are usable again.
+	PanicEnded
+)
+
+var eventKindNames = [...]string{"", "endpoint added", "endpoint removed", "endpoint drained",
+	"condition changed", "panic started", "panic ended"}
+
+// String names the kind.
+func (k EventKind) String() string {
+	if int(k) < len(eventKindNames) && k > 0 {
+		return eventKindNames[k]
+	}
+	return "unknown"
+}
+
+// Event is one change of an engine's state: the one stream that logs, metrics
+// and debug pages read instead of polling the engine.
+type Event struct {
+	// Kind says what changed.
+	Kind EventKind
+	// Service is the engine's service (Options.Service).
+	Service string
+	// Address is the endpoint's address; "" for engine-wide events (panic).
+	Address string
+	// Old and New are the endpoint's conditions before and after.
+	Old, New Condition
+	// Why explains the change, when its maker said.
+	Why string
+	// At is when it happened, by the engine's clock.
+	At time.Time
+}
+
+// events delivers an engine's events to its subscribers, in the order the
+// engine made them, outside the engine's lock (a subscriber may call the
+// engine, even change its state: that event is delivered after the current
+// one, by the same loop).
+type events struct {
+	mu          sync.Mutex
+	subs        map[*func(Event)]struct{}
+	queue       []Event
+	dispatching bool
+}
+
+// Subscribe calls fn with every later event of the engine, in order, one at a
+// time, until cancel is called. fn runs on the goroutine that made the change
+// (or one that made an earlier one) and should be quick: a slow subscriber
+// slows state changes, never picks.
+func (e *Engine) Subscribe(fn func(Event)) (cancel func()) {
+	p := &fn
+	e.ev.mu.Lock()
+	if e.ev.subs == nil {
+		e.ev.subs = map[*func(Event)]struct{}{}
+	}
+	e.ev.subs[p] = struct{}{}
+	e.ev.mu.Unlock()
+	return func() {
+		e.ev.mu.Lock()
+		delete(e.ev.subs, p)
+		e.ev.mu.Unlock()
+	}
+}
+
+// emit queues an event; dispatch delivers it. Callers may hold the engine's lock.
+func (e *Engine) emit(ev Event) {
+	ev.Service = e.opts.Service
+	if ev.At.IsZero() {
+		ev.At = e.opts.Now()
+	}
+	e.ev.mu.Lock()
+	if len(e.ev.subs) > 0 {
+		e.ev.queue = append(e.ev.queue, ev)
+	}
+	e.ev.mu.Unlock()
+}
+
+// dispatch delivers queued events unless another goroutine already is; that
+// one delivers them too. Call it without the engine's lock.
+func (e *Engine) dispatch() {
+	e.ev.mu.Lock()
+	if e.ev.dispatching || len(e.ev.queue) == 0 {
+		e.ev.mu.Unlock()
+		return
+	}
+	e.ev.dispatching = true
+	for len(e.ev.queue) > 0 {
+		q := e.ev.queue
+		e.ev.queue = nil
+		subs := make([]func(Event), 0, len(e.ev.subs))
+		for p := range e.ev.subs {
+			subs = append(subs, *p)
+		}
+		e.ev.mu.Unlock()
+		for _, ev := range q {
+			for _, fn := range subs {
+				fn(ev)
+			}
+		}
+		e.ev.mu.Lock()
+	}
+	e.ev.dispatching = false
+	e.ev.mu.Unlock()
+}
