@@ -194,9 +194,14 @@ func NewTransport(opts Options) (*Transport, error) {
 		if sc.Feed != nil {
 			target = fmt.Sprintf("%T", sc.Feed)
 		}
+		var hopts balancer.HealthOptions
+		if ht, ok := svc.rt.(*http.Transport); ok {
+			hopts.TLS = ht.TLSClientConfig // https checks verify as requests do
+		}
 		eng, err := balancer.NewEngine(sc.Config, balancer.Options{
 			Service:   svc.name,
 			Target:    target,
+			Health:    hopts,
 			Logger:    logger,
 			Rand:      opts.Rand,
 			OnDrained: svc.drained,

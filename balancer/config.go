@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/lodestar-go/lodestar/breaker"
+	"github.com/lodestar-go/lodestar/health"
 )
 
 // Config is the engine's configuration. It means the same for the HTTP transport
@@ -80,6 +83,22 @@ type Config struct {
 	// outside the count. nil means the default, 50; 0 turns panic off. Valid
 	// 0-100.
 	PanicThreshold *float64 `json:"panicThreshold,omitempty" range:"[0, 100]"`
+	// HealthCheck turns on active health checks (HTTP, gRPC health v1 or TCP)
+	// of every endpoint: one that fails UnhealthyThreshold checks in a row is
+	// Unhealthy (not picked) until it passes HealthyThreshold. nil, the
+	// default, is off. See health.HealthCheck for the fields and defaults.
+	HealthCheck *health.HealthCheck `json:"healthCheck,omitempty"`
+	// OutlierDetection turns on passive outlier ejection (Envoy's): endpoints
+	// whose outcomes say they are failing or slow are Ejected for a while.
+	// The consecutive-failure detectors act inline, on the very next pick;
+	// success rate, failure percentage and latency run every interval. nil,
+	// the default, is off. See health.OutlierDetection.
+	OutlierDetection *health.OutlierDetection `json:"outlierDetection,omitempty"`
+	// CircuitBreaker gives every endpoint a circuit breaker (sony/gobreaker):
+	// an open breaker keeps its endpoint out of picks (BreakerOpen), a
+	// half-open one lets only its probes through. nil, the default, is off.
+	// See breaker.Config.
+	CircuitBreaker *breaker.Config `json:"circuitBreaker,omitempty"`
 }
 
 // DefaultPanicThreshold is PanicThreshold's default, in percent (Envoy's).
@@ -135,6 +154,21 @@ func (c Config) Validate() error {
 	}
 	if err := CheckRanges(&c); err != nil {
 		return fmt.Errorf("lodestar config: %w", err)
+	}
+	if c.HealthCheck != nil {
+		if err := c.HealthCheck.Validate(); err != nil {
+			return fmt.Errorf("lodestar config: healthCheck: %w", err)
+		}
+	}
+	if c.OutlierDetection != nil {
+		if err := c.OutlierDetection.Validate(); err != nil {
+			return fmt.Errorf("lodestar config: outlierDetection: %w", err)
+		}
+	}
+	if c.CircuitBreaker != nil {
+		if err := c.CircuitBreaker.Validate(); err != nil {
+			return fmt.Errorf("lodestar config: circuitBreaker: %w", err)
+		}
 	}
 	return nil
 }

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lodestar-go/lodestar/breaker"
+	"github.com/lodestar-go/lodestar/health"
 )
 
 func TestParseConfigAlgorithms(t *testing.T) {
@@ -126,7 +129,7 @@ func TestAlgorithmsRegistered(t *testing.T) {
 // A section of the configuration: where its fields are written, and the path
 // errors give them.
 type section struct {
-	name string              // as errors name it, e.g. "algorithm least_request: slowStart"
+	name string              // as errors name it, e.g. "algorithm least_request: slowStart", "outlierDetection.successRate"
 	wrap func(string) string // puts `"field": value` members where the section's fields go
 }
 
@@ -151,31 +154,101 @@ var sections = []section{
 	{"algorithm ring_hash", in(`{"algorithm": {"ring_hash": {%s}}}`)},
 	{"algorithm maglev", in(`{"algorithm": {"maglev": {%s}}}`)},
 	{"algorithm bounded_load", in(`{"algorithm": {"bounded_load": {%s}}}`)},
+	{"healthCheck", healthCheckWrap},
+	{"healthCheck.http", in(`{"healthCheck": {"http": {%s}}}`)},
+	{"healthCheck.grpc", in(`{"healthCheck": {"grpc": {%s}}}`)},
+	{"healthCheck.tcp", in(`{"healthCheck": {"tcp": {%s}}}`)},
+	{"outlierDetection", in(`{"outlierDetection": {%s}}`)},
+	{"outlierDetection.successRate", in(`{"outlierDetection": {"successRate": {%s}}}`)},
+	{"outlierDetection.failurePercentage", in(`{"outlierDetection": {"failurePercentage": {%s}}}`)},
+	{"outlierDetection.latency", in(`{"outlierDetection": {"latency": {%s}}}`)},
+	{"circuitBreaker", in(`{"circuitBreaker": {%s}}`)},
+}
+
+// healthCheckWrap puts members in the healthCheck section, which must say
+// exactly one kind of check: a TCP check, unless the members say the kind
+// themselves (spelled exactly; a misspelled kind is an unknown field).
+func healthCheckWrap(members string) string {
+	for _, kind := range []string{`"http"`, `"grpc"`, `"tcp"`} {
+		if strings.HasPrefix(members, kind+":") {
+			return `{"healthCheck": {` + members + `}}`
+		}
+	}
+	if members == "" {
+		return `{"healthCheck": {"tcp": {}}}`
+	}
+	return `{"healthCheck": {"tcp": {}, ` + members + `}}`
+}
+
+// sectionType returns the Go type of a section, found from its name: an
+// algorithm's options type ("algorithm least_request"), then, after ": ", the
+// path of a section within it ("algorithm least_request: slowStart"), or the
+// path of a section within Config ("", "affinity", "outlierDetection.latency").
+func sectionType(t *testing.T, name string) reflect.Type {
+	t.Helper()
+	typ, path := reflect.TypeFor[Config](), name
+	if rest, ok := strings.CutPrefix(name, "algorithm "); ok {
+		alg, nested, _ := strings.Cut(rest, ": ")
+		a, err := NewAlgorithm(alg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, path = reflect.TypeOf(a).Elem(), nested
+	}
+	if path == "" {
+		return typ
+	}
+	for part := range strings.SplitSeq(path, ".") {
+		ti := typeInfoOf(typ)
+		i, ok := ti.byName[part]
+		if !ok {
+			t.Fatalf("section %q: %v has no field %q", name, typ, part)
+		}
+		typ = ti.fields[i].typ
+		if typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct {
+			t.Fatalf("section %q: field %q is a %v, not a section", name, part, typ)
+		}
+	}
+	return typ
 }
 
 // sectionFields returns the JSON field names of a section, from its Go type.
 func sectionFields(t *testing.T, name string) []string {
 	t.Helper()
-	var v any
-	switch {
-	case name == "":
-		v = &Config{}
-	case name == "affinity":
-		v = &Affinity{}
-	case strings.HasSuffix(name, ": slowStart"):
-		v = &SlowStart{}
-	default:
-		a, err := NewAlgorithm(strings.TrimPrefix(name, "algorithm "), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		v = a
-	}
 	var names []string
-	for _, f := range typeInfoOf(reflect.TypeOf(v).Elem()).fields {
+	for _, f := range typeInfoOf(sectionType(t, name)).fields {
 		names = append(names, f.name)
 	}
 	return names
+}
+
+// subsections returns the names of the sections nested in the section name:
+// its fields that are structs or pointers to structs (the Algorithm interface
+// and time.Duration are neither), named as errors name them.
+func subsections(t *testing.T, name string) []string {
+	t.Helper()
+	var out []string
+	for _, f := range typeInfoOf(sectionType(t, name)).fields {
+		typ := f.typ
+		if typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct {
+			continue
+		}
+		switch {
+		case name == "":
+			out = append(out, f.name)
+		case strings.HasPrefix(name, "algorithm ") && !strings.Contains(name, ": "):
+			out = append(out, name+": "+f.name)
+		default:
+			out = append(out, name+"."+f.name)
+		}
+	}
+	return out
 }
 
 // goodValues holds a valid value for every field of every section, by name.
@@ -189,6 +262,20 @@ var goodValues = map[string]string{
 	"decayTime": `"5s"`, "defaultRTT": `"10ms"`, "failurePenalty": `"2s"`,
 	"pointsPerEndpoint": "100", "minRingSize": "10", "maxRingSize": "100000", "fallback": `"round_robin"`,
 	"tableSize": "251", "balance": "1.5",
+	// healthCheck: jitter is at most the interval (default 5s), and
+	// noTrafficInterval at least the interval.
+	"healthCheck": `{"tcp": {}}`, "http": `{"path": "/healthz"}`, "grpc": `{"service": "grpc.health.v1.Health"}`, "tcp": `{}`,
+	"interval": `"10s"`, "timeout": `"2s"`, "jitter": `"1s"`, "unhealthyThreshold": "3", "healthyThreshold": "2",
+	"noTrafficInterval": `"60s"`, "path": `"/healthz?full=1"`, "expectedStatuses": `[[200, 299], [304, 304]]`, "host": `"api.example.com"`, "scheme": `"https"`,
+	"service": `"grpc.health.v1.Health"`,
+	// outlierDetection: maxEjectionTime is at least baseEjectionTime (default 30s).
+	"outlierDetection": `{}`, "consecutiveFailures": "5", "consecutiveGatewayFailures": "5",
+	"consecutiveLocalOriginFailures": "5", "baseEjectionTime": `"30s"`, "maxEjectionTime": `"300s"`,
+	"maxEjectionPercent": "10", "successRate": `{}`, "failurePercentage": `{}`, "latency": `{}`,
+	"endEjectionOnHealthy": "true", "minimumHosts": "5", "requestVolume": "100", "stdevFactor": "1.9",
+	"threshold": "85", "quantile": "0.9", "factor": "3",
+	// circuitBreaker ("consecutiveFailures" and "window" are above too).
+	"circuitBreaker": `{}`, "failureRatio": "0.5", "minRequests": "20", "openTimeout": `"10s"`, "halfOpenRequests": "1",
 }
 
 // caseVariants returns spellings of name that differ from it only in case.
@@ -264,6 +351,45 @@ var rangeCases = []struct {
 	{"algorithm maglev", "tableSize", []string{"0", "1", "2", "16777259"}, []string{"3", "16777213"}, "[3, 16777213]"},
 	{"algorithm bounded_load", "balance", []string{"0", "0.999", "100.01", "-3"}, []string{"1", "100"}, "[1, 100]"},
 	{"algorithm bounded_load", "pointsPerEndpoint", []string{"0", "65537"}, []string{"1", "65536"}, "[1, 65536]"},
+
+	// healthCheck (with a TCP check). Jitter must not exceed the interval
+	// (default 5s) and noTrafficInterval must not be shorter than it: the
+	// ends of those ranges that only pass with the interval set are in
+	// TestParseConfigRangeEndsWithCrossFieldRules.
+	{"healthCheck", "interval", []string{`"0s"`, `"-1s"`, `"999µs"`, `"24h0m0.001s"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
+	{"healthCheck", "timeout", []string{`"0s"`, `"999µs"`, `"1h0m1s"`}, []string{`"1ms"`, `"1h"`}, "[1ms, 1h]"},
+	{"healthCheck", "jitter", []string{`"-1ns"`, `"1h0m0.001s"`}, []string{`"0s"`, `"5s"`}, "[0, 1h]"},
+	{"healthCheck", "unhealthyThreshold", []string{"0", "-1", "1001"}, []string{"1", "1000"}, "[1, 1000]"},
+	{"healthCheck", "healthyThreshold", []string{"0", "-1", "1001", "99999999999999999999"}, []string{"1", "1000"}, "[1, 1000]"},
+	{"healthCheck", "noTrafficInterval", []string{`"0s"`, `"999µs"`, `"24h0m1s"`}, []string{`"5s"`, `"24h"`}, "[1ms, 24h]"},
+
+	// outlierDetection. maxEjectionTime must not be less than
+	// baseEjectionTime (default 30s).
+	{"outlierDetection", "consecutiveFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
+	{"outlierDetection", "consecutiveGatewayFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
+	{"outlierDetection", "consecutiveLocalOriginFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
+	{"outlierDetection", "interval", []string{`"0s"`, `"-1ms"`, `"999µs"`, `"24h0m0.001s"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
+	{"outlierDetection", "baseEjectionTime", []string{`"0s"`, `"999µs"`, `"25h"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
+	{"outlierDetection", "maxEjectionTime", []string{`"0s"`, `"-1s"`, `"24h0m1s"`}, []string{`"30s"`, `"24h"`}, "[1ms, 24h]"},
+	{"outlierDetection", "maxEjectionPercent", []string{"-1", "101"}, []string{"0", "100"}, "[0, 100]"},
+	{"outlierDetection.successRate", "minimumHosts", []string{"0", "-1", "100001"}, []string{"1", "100000"}, "[1, 100000]"},
+	{"outlierDetection.successRate", "requestVolume", []string{"0", "1000000001", "99999999999999999999"}, []string{"1", "1000000000"}, "[1, 1000000000]"},
+	{"outlierDetection.successRate", "stdevFactor", []string{"0", "-0", "-0.5", "100.001"}, []string{"0.001", "100"}, "(0, 100]"},
+	{"outlierDetection.failurePercentage", "threshold", []string{"0", "-1", "101"}, []string{"1", "100"}, "[1, 100]"},
+	{"outlierDetection.failurePercentage", "minimumHosts", []string{"0", "100001"}, []string{"1", "100000"}, "[1, 100000]"},
+	{"outlierDetection.failurePercentage", "requestVolume", []string{"0", "1000000001"}, []string{"1", "1000000000"}, "[1, 1000000000]"},
+	{"outlierDetection.latency", "quantile", []string{"0", "-0.1", "1.0001"}, []string{"1e-9", "0.5", "1"}, "(0, 1]"},
+	{"outlierDetection.latency", "factor", []string{"0", "1", "-2", "1000.5"}, []string{"1.0001", "1000"}, "(1, 1000]"},
+	{"outlierDetection.latency", "minimumHosts", []string{"0", "100001"}, []string{"1", "100000"}, "[1, 100000]"},
+	{"outlierDetection.latency", "requestVolume", []string{"0", "1000000001"}, []string{"1", "1000000000"}, "[1, 1000000000]"},
+
+	// circuitBreaker.
+	{"circuitBreaker", "consecutiveFailures", []string{"-1", "1000001"}, []string{"0", "1000000"}, "[0, 1000000]"},
+	{"circuitBreaker", "failureRatio", []string{"-0.1", "1.01", "1e300"}, []string{"0", "1"}, "[0, 1]"},
+	{"circuitBreaker", "minRequests", []string{"0", "-1", "1000001"}, []string{"1", "1000000"}, "[1, 1000000]"},
+	{"circuitBreaker", "window", []string{`"0s"`, `"999µs"`, `"24h0m0.001s"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
+	{"circuitBreaker", "openTimeout", []string{`"0s"`, `"-1s"`, `"24h1m"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
+	{"circuitBreaker", "halfOpenRequests", []string{"0", "1001"}, []string{"1", "1000"}, "[1, 1000]"},
 }
 
 // slowStartRange are SlowStart's ranges, checked in each algorithm that has it.
@@ -323,15 +449,57 @@ func TestParseConfigExplicitValuesChecked(t *testing.T) {
 			t.Errorf("%s: %v", wrap(""), err)
 		}
 	}
-	// The message for a written zero says how to get the default.
-	_, err := ParseConfig([]byte(`{"algorithm": {"least_request": {"choiceCount": 0}}}`))
-	if want := "lodestar config: algorithm least_request: choiceCount: 0 is out of range [2, 100] (omit it for the default)"; err == nil || err.Error() != want {
-		t.Errorf("error %v, want %q", err, want)
+	// The message for a written zero says how to get the default; nested
+	// sections' fields are named by their path.
+	for _, tc := range []struct{ js, want string }{
+		{`{"algorithm": {"least_request": {"choiceCount": 0}}}`,
+			"lodestar config: algorithm least_request: choiceCount: 0 is out of range [2, 100] (omit it for the default)"},
+		{`{"healthCheck": {"tcp": {}, "interval": "0s"}}`,
+			"lodestar config: healthCheck.interval: 0s is out of range [1ms, 24h] (omit it for the default)"},
+		{`{"outlierDetection": {"successRate": {"stdevFactor": 0}}}`,
+			"lodestar config: outlierDetection.successRate.stdevFactor: 0 is out of range (0, 100] (omit it for the default)"},
+		{`{"outlierDetection": {"latency": {"factor": 1}}}`,
+			"lodestar config: outlierDetection.latency.factor: 1 is out of range (1, 1000]"},
+		{`{"circuitBreaker": {"minRequests": 0}}`,
+			"lodestar config: circuitBreaker.minRequests: 0 is out of range [1, 1000000] (omit it for the default)"},
+	} {
+		_, err := ParseConfig([]byte(tc.js))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: error %v, want %q", tc.js, err, tc.want)
+		}
+	}
+}
+
+// The ends of ranges that a cross-field rule (Validate) keeps out when the
+// other field has its default are in range with the other field set.
+func TestParseConfigRangeEndsWithCrossFieldRules(t *testing.T) {
+	for _, js := range []string{
+		`{"healthCheck": {"tcp": {}, "jitter": "1h", "interval": "1h"}}`,
+		`{"healthCheck": {"tcp": {}, "noTrafficInterval": "1ms", "interval": "1ms"}}`,
+		`{"outlierDetection": {"maxEjectionTime": "1ms", "baseEjectionTime": "1ms"}}`,
+	} {
+		if _, err := ParseConfig([]byte(js)); err != nil {
+			t.Errorf("%s: %v", js, err)
+		}
+	}
+	for _, tc := range []struct{ js, want string }{
+		{`{"healthCheck": {"tcp": {}, "jitter": "1h"}}`, "lodestar config: healthCheck: jitter: 1h0m0s is longer than the interval, 5s"},
+		{`{"healthCheck": {"tcp": {}, "noTrafficInterval": "1ms"}}`, "lodestar config: healthCheck: noTrafficInterval: 1ms is shorter than the interval, 5s"},
+		{`{"outlierDetection": {"maxEjectionTime": "1ms"}}`, "lodestar config: outlierDetection: maxEjectionTime: 1ms is less than baseEjectionTime's default (30s)"},
+		{`{"healthCheck": {}}`, "lodestar config: healthCheck: set exactly one of http, grpc and tcp (none is set)"},
+		{`{"healthCheck": {"tcp": {}, "grpc": {}}}`, "lodestar config: healthCheck: set exactly one of http, grpc and tcp (grpc and tcp are set)"},
+	} {
+		_, err := ParseConfig([]byte(tc.js))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: error %v, want %q", tc.js, err, tc.want)
+		}
 	}
 }
 
 // fieldPath is how errors name field in section: "choiceCount" in the
-// top-level section, "algorithm least_request: slowStart.window" in a nested one.
+// top-level section, "algorithm least_request: slowStart.window" in an
+// algorithm's nested one, "outlierDetection.successRate.stdevFactor" in a
+// section of Config.
 func fieldPath(section, field string) string {
 	head, nested, ok := strings.Cut(section, ": ")
 	switch {
@@ -367,20 +535,22 @@ func TestConfigTablesCoverEveryField(t *testing.T) {
 			t.Errorf("algorithm %s has no section in the tables", a)
 		}
 	}
-	cases := allRangeCases()
+	// Every section nested in a listed one is listed too.
 	for _, sec := range sections {
-		var v any
-		switch {
-		case sec.name == "":
-			v = &Config{}
-		case sec.name == "affinity":
-			v = &Affinity{}
-		case strings.HasSuffix(sec.name, ": slowStart"):
-			v = &SlowStart{}
-		default:
-			v, _ = NewAlgorithm(strings.TrimPrefix(sec.name, "algorithm "), nil)
+		for _, sub := range subsections(t, sec.name) {
+			if !slices.ContainsFunc(sections, func(s section) bool { return s.name == sub }) {
+				t.Errorf("section %q has no entry in sections", sub)
+			}
 		}
-		for _, f := range typeInfoOf(reflect.TypeOf(v).Elem()).fields {
+	}
+	cases := allRangeCases()
+	for _, c := range cases {
+		if !slices.ContainsFunc(sections, func(s section) bool { return s.name == c.section }) {
+			t.Errorf("range case for %q in unknown section %q", c.field, c.section)
+		}
+	}
+	for _, sec := range sections {
+		for _, f := range typeInfoOf(sectionType(t, sec.name)).fields {
 			if f.rng == nil {
 				continue
 			}
@@ -410,6 +580,14 @@ func TestValidateUsesTheSameRanges(t *testing.T) {
 		{Config{Algorithm: &RingHash{MaxRingSize: maxRingSize + 1}}, "lodestar config: algorithm ring_hash: maxRingSize: 8388609 is out of range [1, 8388608]"},
 		{Config{WaitForEndpoints: -time.Second}, "lodestar config: waitForEndpoints: -1s is out of range [0, ∞)"},
 		{Config{InitialDiscoveryTimeout: time.Hour}, "lodestar config: initialDiscoveryTimeout: 1h0m0s is out of range [1ms, 10m]"},
+		{Config{HealthCheck: &health.HealthCheck{TCP: &health.TCPCheck{}, Timeout: 2 * time.Hour}},
+			"lodestar config: healthCheck.timeout: 2h0m0s is out of range [1ms, 1h]"},
+		{Config{OutlierDetection: &health.OutlierDetection{SuccessRate: &health.SuccessRate{StdevFactor: -1}}},
+			"lodestar config: outlierDetection.successRate.stdevFactor: -1 is out of range (0, 100]"},
+		{Config{OutlierDetection: &health.OutlierDetection{MaxEjectionPercent: new(101)}},
+			"lodestar config: outlierDetection.maxEjectionPercent: 101 is out of range [0, 100]"},
+		{Config{CircuitBreaker: &breaker.Config{FailureRatio: new(1.5)}},
+			"lodestar config: circuitBreaker.failureRatio: 1.5 is out of range [0, 1]"},
 	} {
 		if err := tc.c.Validate(); err == nil || err.Error() != tc.want {
 			t.Errorf("%+v: %v, want %q", tc.c, err, tc.want)
@@ -419,6 +597,15 @@ func TestValidateUsesTheSameRanges(t *testing.T) {
 	for _, a := range []Algorithm{&LeastRequest{}, &PeakEWMA{}, &RingHash{}, &Maglev{}, &BoundedLoad{}, &RoundRobin{},
 		&RingHash{MinRingSize: maxRingSize, MaxRingSize: maxRingSize}, &Maglev{TableSize: 16777213}} {
 		if err := (Config{Algorithm: a}).Validate(); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, c := range []Config{
+		{HealthCheck: &health.HealthCheck{GRPC: &health.GRPCCheck{}}},
+		{OutlierDetection: &health.OutlierDetection{SuccessRate: &health.SuccessRate{}, FailurePercentage: &health.FailurePercentage{}, Latency: &health.LatencyOutlier{}}},
+		{CircuitBreaker: &breaker.Config{}},
+	} {
+		if err := c.Validate(); err != nil {
 			t.Error(err)
 		}
 	}
@@ -441,6 +628,24 @@ func TestConfigRoundTrip(t *testing.T) {
 			Affinity: Affinity{Header: "X-U", Cookie: "c", Metadata: "x-u", ClientIP: true}},
 		{Algorithm: &Maglev{TableSize: 251, Fallback: FallbackRandom}},
 		{Algorithm: &BoundedLoad{Balance: 1.125, PointsPerEndpoint: 9, Fallback: FallbackRoundRobin}},
+		{HealthCheck: &health.HealthCheck{
+			HTTP:     &health.HTTPCheck{Path: "/healthz?x=1", ExpectedStatuses: []health.StatusRange{{200, 299}, {304, 304}}, Host: "api.example.com", Scheme: "https"},
+			Interval: 2 * time.Second, Timeout: 500 * time.Millisecond, Jitter: time.Second, UnhealthyThreshold: 4, HealthyThreshold: 1, NoTrafficInterval: time.Minute,
+		}},
+		{HealthCheck: &health.HealthCheck{GRPC: &health.GRPCCheck{Service: "svc"}}},
+		{HealthCheck: &health.HealthCheck{TCP: &health.TCPCheck{}}},
+		{OutlierDetection: &health.OutlierDetection{
+			ConsecutiveFailures: new(0), ConsecutiveGatewayFailures: new(3), ConsecutiveLocalOriginFailures: new(4),
+			Interval: time.Second, BaseEjectionTime: time.Minute, MaxEjectionTime: time.Hour, MaxEjectionPercent: new(0),
+			SuccessRate:          &health.SuccessRate{MinimumHosts: 2, RequestVolume: 10, StdevFactor: 1.5},
+			FailurePercentage:    &health.FailurePercentage{Threshold: 50, MinimumHosts: 3, RequestVolume: 20},
+			Latency:              &health.LatencyOutlier{Quantile: 0.99, Factor: 2.5, MinimumHosts: 4, RequestVolume: 30},
+			EndEjectionOnHealthy: true,
+		}},
+		{OutlierDetection: &health.OutlierDetection{SuccessRate: &health.SuccessRate{}}},
+		{CircuitBreaker: &breaker.Config{ConsecutiveFailures: new(0), FailureRatio: new(0.25), MinRequests: 7,
+			Window: 30 * time.Second, OpenTimeout: 5 * time.Second, HalfOpenRequests: 3}},
+		{CircuitBreaker: &breaker.Config{}},
 	} {
 		js, err := json.Marshal(c)
 		if err != nil {
@@ -475,6 +680,10 @@ func FuzzParseConfig(f *testing.F) {
 		`{"initialDiscoveryTimeout": "2s", "waitForEndpoints": "0s"} {}`,
 		`{"algorithm": null, "affinity": null, "waitForEndpoints": null}`,
 		`{"algorithm": {"least_request": {"activeRequestBias": -0}}}`,
+		`{"healthCheck": {"http": {"path": "/h", "expectedStatuses": [[200, 299]]}, "interval": "1s", "jitter": "0s"}}`,
+		`{"healthCheck": {"tcp": {}, "grpc": {"service": "x"}}}`,
+		`{"outlierDetection": {"successRate": {}, "latency": {"factor": 2}, "maxEjectionPercent": 0}, "circuitBreaker": {"failureRatio": 0}}`,
+		`{"outlierDetection": {"failurePercentage": {"threshold": 0}}, "circuitBreaker": {"consecutiveFailures": 0, "failureRatio": 0}}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/breaker"
+	"github.com/lodestar-go/lodestar/health"
 	"github.com/lodestar-go/lodestar/resolver"
 )
 
@@ -65,6 +67,11 @@ type Endpoint struct {
 	attached atomic.Pointer[any]
 	epoch    int64         // unix nanoseconds when the endpoint was created
 	ewma     atomic.Uint64 // peak EWMA state, see peakewma.go
+
+	stats atomic.Pointer[health.Stats]    // outlier detection's, when on
+	brk   atomic.Pointer[breaker.Breaker] // circuit breaker, when on
+	gate  atomic.Uint32                   // gateHalfOpen while the breaker is half-open
+	seen  atomic.Uint64                   // outcomes counted at the last HasTraffic call
 }
 
 func newEndpoint(info resolver.Endpoint, now time.Time) *Endpoint {

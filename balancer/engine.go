@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/health"
 	"github.com/lodestar-go/lodestar/resolver"
 )
 
@@ -36,6 +37,9 @@ type Options struct {
 	// Target describes where the engine's endpoints come from (a target URL
 	// with its secrets redacted, or a feed's name), for errors and logs.
 	Target string
+	// Health is what active health checks need from the front door (TLS,
+	// dialer); used only when Config.HealthCheck is set.
+	Health HealthOptions
 	// OnDrained is called, once, when an endpoint that discovery removed has no
 	// request in flight any more; the HTTP front door closes its idle
 	// connections then. It runs on the goroutine that finished the last request
@@ -79,6 +83,9 @@ type Engine struct {
 
 	ev events // the subscribers and the queue of events to deliver
 
+	prot *protection // outlier detection, active checks, breakers
+	hcMu sync.Mutex  // serializes syncChecker
+
 	cancel context.CancelFunc // stops the feed started by Start
 	unsub  func()             // ends a Subscriber feed's subscription
 	wg     sync.WaitGroup
@@ -88,20 +95,23 @@ type Engine struct {
 // Reconfigure: picks read it from their snapshot, Done from Engine.mode.
 type mode struct {
 	waitForEndpoints time.Duration
-	maxInFlight      int64   // Config.MaxInFlightPerEndpoint, 0 for none
-	panicThreshold   float64 // percent; 0 for off
-	gated            bool    // a pick must pass admit before it is returned
-	observer         OutcomeObserver // the algorithm, if it observes outcomes
-	trackTotal       bool            // the algorithm is TotalCounting: keep total
+	maxInFlight      int64            // Config.MaxInFlightPerEndpoint, 0 for none
+	panicThreshold   float64          // percent; 0 for off
+	gated            bool             // a pick must pass admit before it is returned
+	detector         *health.Detector // outlier detection, when on
+	breakers         bool             // endpoints have circuit breakers
+	observer         OutcomeObserver  // the algorithm, if it observes outcomes
+	trackTotal       bool             // the algorithm is TotalCounting: keep total
 }
 
-func newMode(cfg Config, alg Algorithm) *mode {
+func newMode(cfg Config, alg Algorithm, p *protection) *mode {
 	m := &mode{waitForEndpoints: cfg.WaitForEndpoints, maxInFlight: int64(cfg.MaxInFlightPerEndpoint),
 		panicThreshold: DefaultPanicThreshold}
 	if cfg.PanicThreshold != nil {
 		m.panicThreshold = *cfg.PanicThreshold
 	}
-	m.gated = m.maxInFlight > 0
+	m.detector, m.breakers = p.detector, p.breakers != nil
+	m.gated = m.maxInFlight > 0 || m.breakers
 	m.observer, _ = alg.(OutcomeObserver)
 	_, m.trackTotal = alg.(TotalCounting)
 	return m
@@ -117,6 +127,8 @@ type snapshot struct {
 	err          error         // returned when picker is nil
 	pending      bool          // the feed has not answered yet: picks wait for it
 	tolerated    uint32        // conditions picks ignore: in panic, all but NotConnected and removed
+	gated        bool          // mode.gated, here to save the pick a load
+	trackTotal   bool          // mode.trackTotal, likewise
 	changed      chan struct{} // closed when this snapshot is replaced
 }
 
@@ -142,10 +154,17 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		endpoints: map[string]*Endpoint{},
 		draining:  map[string]*Endpoint{},
 	}
-	e.mode.Store(newMode(cfg, e.alg))
 	e.mu.Lock()
+	e.setProtectionLocked(cfg)
+	e.mode.Store(newMode(cfg, e.alg, e.prot))
 	e.rebuildLocked()
 	e.mu.Unlock()
+	if cfg.HealthCheck != nil {
+		if err := e.startChecker(cfg.HealthCheck); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("lodestar config: healthCheck: %w", err)
+		}
+	}
 	return e, nil
 }
 
@@ -174,10 +193,18 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		return ErrClosed
 	}
 	e.cfg, e.alg = cfg, cfg.algorithm()
-	e.mode.Store(newMode(cfg, e.alg))
+	retired := e.setProtectionLocked(cfg)
+	e.mode.Store(newMode(cfg, e.alg, e.prot))
 	e.rebuildLocked()
+	start := cfg.HealthCheck != nil && e.prot.checker == nil
 	e.mu.Unlock()
 	e.dispatch()
+	if retired != nil {
+		retired.Close()
+	}
+	if start {
+		return e.startChecker(cfg.HealthCheck)
+	}
 	return nil
 }
 
@@ -236,6 +263,7 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
+	checker := e.stopProtectionLocked()
 	cancel, unsub := e.cancel, e.unsub
 	e.publishLocked(&snapshot{mode: e.mode.Load(), err: ErrClosed, changed: make(chan struct{})})
 	e.mu.Unlock()
@@ -244,6 +272,9 @@ func (e *Engine) Close() error {
 	}
 	if unsub != nil {
 		unsub()
+	}
+	if checker != nil {
+		checker.Close()
 	}
 	e.wg.Wait()
 	return nil
@@ -275,7 +306,7 @@ func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 	// before it reads the count (both sequentially consistent atomics), so
 	// either this load sees the removal or the drain sees the count. The same
 	// load keeps a condition set meanwhile (SetCondition) from being ignored.
-	if ep.conds.Load()&^s.tolerated == 0 && !s.mode.gated {
+	if ep.conds.Load()&^s.tolerated == 0 && !s.gated {
 		return ep, nil
 	}
 	return e.repick(info, s, ep)
@@ -337,7 +368,16 @@ func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, er
 // turned away here was never sent, so the limit is never exceeded by requests
 // that are).
 func (e *Engine) admit(s *snapshot, ep *Endpoint) bool {
-	return s.mode.maxInFlight == 0 || ep.inflight.Load() <= s.mode.maxInFlight
+	if s.mode.maxInFlight > 0 && ep.inflight.Load() > s.mode.maxInFlight {
+		return false
+	}
+	if ep.gate.Load()&gateHalfOpen != 0 && s.tolerated == 0 {
+		// Half-open breaker: only its probes go through (claimed atomically).
+		if b := ep.brk.Load(); b != nil && !b.Allow() {
+			return false
+		}
+	}
+	return true
 }
 
 // scan looks for any endpoint of s that admits a request, from a random start,
@@ -349,7 +389,7 @@ func (e *Engine) scan(s *snapshot) (*Endpoint, error) {
 	for i := range n {
 		ep := s.endpoints[(start+i)%n]
 		ep.inflight.Add(1)
-		if s.mode.trackTotal {
+		if s.trackTotal {
 			e.total.Add(1)
 			ep.inTotal.Add(1)
 		}
@@ -365,11 +405,11 @@ func (e *Engine) scan(s *snapshot) (*Endpoint, error) {
 func (e *Engine) count(s *snapshot, ep *Endpoint) {
 	if !s.selfCounting {
 		ep.inflight.Add(1)
-		if s.mode.trackTotal {
+		if s.trackTotal {
 			e.total.Add(1)
 		}
 	}
-	if s.mode.trackTotal { // a self-counting picker added to the total itself
+	if s.trackTotal { // a self-counting picker added to the total itself
 		ep.inTotal.Add(1)
 	}
 }
@@ -385,14 +425,24 @@ func (e *Engine) count(s *snapshot, ep *Endpoint) {
 // sum of the endpoints' inTotal, and reaches 0 when nothing is in flight.
 func (e *Engine) release(ep *Endpoint) {
 	n := ep.inflight.Add(-1)
+	if ep.inTotal.Load() > 0 {
+		e.releaseTotal(ep)
+	}
+	if n == 0 {
+		e.finishDrain(ep) // returns at once unless ep was removed
+	}
+}
+
+// releaseTotal takes one of ep's requests out of the engine's total, if one of
+// them is still in it (see release). Kept out of line so that release inlines.
+//
+//go:noinline
+func (e *Engine) releaseTotal(ep *Endpoint) {
 	for t := ep.inTotal.Load(); t > 0; t = ep.inTotal.Load() {
 		if ep.inTotal.CompareAndSwap(t, t-1) {
 			e.total.Add(-1) // after the endpoint's: the total never trails the sum
-			break
+			return
 		}
-	}
-	if n == 0 && ep.Removed() {
-		e.finishDrain(ep)
 	}
 }
 
@@ -455,7 +505,7 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, err
 			continue
 		}
 		e.count(s, ep)
-		if ep.conds.Load()&^s.tolerated == 0 && !s.mode.gated {
+		if ep.conds.Load()&^s.tolerated == 0 && !s.gated {
 			return ep, nil
 		}
 		return e.repick(info, s, ep)
@@ -485,7 +535,17 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 		}
 		m.observer.Observe(ep, o, at)
 	}
-	e.release(ep)
+	if m.detector != nil || m.breakers {
+		e.record(m, ep, o)
+	}
+	// release, by hand: Done is the hot path and release does not inline.
+	n := ep.inflight.Add(-1)
+	if ep.inTotal.Load() > 0 {
+		e.releaseTotal(ep)
+	}
+	if n == 0 {
+		e.finishDrain(ep)
+	}
 }
 
 // Endpoints returns every discovered endpoint (eligible or not), by address.
@@ -561,6 +621,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 			ep.conds.Store(uint32(e.opts.InitialConditions &^ removed))
 		}
 		e.endpoints[info.Address] = ep
+		e.attachLocked(ep, e.prot, false)
 		newEps = append(newEps, ep)
 		added++
 		e.emit(Event{Kind: EndpointAdded, Address: ep.addr, New: ep.Conditions(), At: now})
@@ -585,6 +646,9 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 	e.rebuildLocked()
 	e.mu.Unlock()
 	e.dispatch()
+	if added > 0 || removedN > 0 {
+		e.syncChecker()
+	}
 
 	if added > 0 || removedN > 0 {
 		e.opts.Logger.Debug("lodestar: endpoints changed", "service", e.opts.Service,
@@ -650,6 +714,9 @@ func (e *Engine) Panicking() bool { return e.snap.Load().tolerated != 0 }
 // finishDrain hands a removed endpoint whose last request finished to OnDrained,
 // once, unless discovery brought it back meanwhile.
 func (e *Engine) finishDrain(ep *Endpoint) {
+	if !ep.Removed() {
+		return
+	}
 	e.mu.Lock()
 	cur, ok := e.draining[ep.addr]
 	if !ok || cur != ep || ep.inflight.Load() != 0 || !ep.Removed() {
@@ -662,6 +729,9 @@ func (e *Engine) finishDrain(ep *Endpoint) {
 }
 
 func (e *Engine) notifyDrained(ep *Endpoint) {
+	if b := ep.brk.Swap(nil); b != nil {
+		b.Close()
+	}
 	e.emit(Event{Kind: EndpointDrained, Address: ep.addr, Old: ep.Conditions(), New: ep.Conditions()})
 	e.dispatch()
 	if e.opts.OnDrained != nil {
@@ -717,10 +787,10 @@ func (e *Engine) rebuildLocked() {
 		}
 		e.emit(Event{Kind: kind, Why: why})
 	}
-	s := &snapshot{mode: m, endpoints: eligible, all: all, tolerated: uint32(tolerated), changed: make(chan struct{})}
+	s := &snapshot{mode: m, endpoints: eligible, all: all, tolerated: uint32(tolerated), gated: m.gated, trackTotal: m.trackTotal, changed: make(chan struct{})}
 	if len(eligible) > 0 {
 		bi := BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand}
-		if s.mode.trackTotal {
+		if s.trackTotal {
 			bi.AddTotalInFlight = e.total.Add
 		}
 		s.picker = e.alg.Build(bi)

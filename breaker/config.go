@@ -80,7 +80,7 @@ type Config struct {
 func (c Config) Validate() error {
 	s := c.settings()
 	if s.consecutive == 0 && s.ratio == 0 {
-		return errors.New(`circuitBreaker: "consecutiveFailures" and "failureRatio" are both 0, so the breaker could never open (omit the section to turn breakers off)`)
+		return errors.New(`"consecutiveFailures" and "failureRatio" are both 0, so the breaker could never open (omit the section to turn breakers off)`)
 	}
 	return nil
 }
