@@ -152,17 +152,29 @@ func TestReadmeGRPCSnippet(t *testing.T) {
 	}
 	defer conn.Close()
 	client := testgrpc.NewTestServiceClient(conn)
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-user-id", "alice")
-	var first string
-	for i := range 20 {
+	call := func(user string) string {
+		t.Helper()
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-user-id", user)
 		resp, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
 		if err != nil {
-			t.Fatalf("RPC %d: %v", i, err)
+			t.Fatalf("RPC for %s: %v", user, err)
 		}
-		if i == 0 {
-			first = resp.Hostname
-		} else if resp.Hostname != first {
-			t.Fatalf("alice's RPC %d went to %s, the first to %s: ring_hash must stick", i, resp.Hostname, first)
+		return resp.Hostname
+	}
+	call("alice") // the first RPC works
+	// The ring spans the endpoints whose connection is ready, so a key may
+	// move while the second connects (README, gRPC): wait until both serve.
+	seen := map[string]bool{}
+	for i := 0; len(seen) < 2; i++ {
+		if i == 1000 {
+			t.Fatalf("after %d users, only %v served", i, seen)
+		}
+		seen[call(fmt.Sprintf("user-%d", i))] = true
+	}
+	first := call("alice")
+	for i := range 20 {
+		if got := call("alice"); got != first {
+			t.Fatalf("alice's RPC %d went to %s, the first to %s: ring_hash must stick", i, got, first)
 		}
 	}
 }
