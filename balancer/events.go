@@ -24,10 +24,14 @@ const (
 	PanicStarted
 	// PanicEnded: enough endpoints are usable again.
 	PanicEnded
+	// BreakerChanged: the endpoint's circuit breaker changed state; Why says
+	// from what to what ("circuit breaker half-open → closed"). An open
+	// breaker also sets BreakerOpen (a ConditionChanged event).
+	BreakerChanged
 )
 
 var eventKindNames = [...]string{"", "endpoint added", "endpoint removed", "endpoint drained",
-	"condition changed", "panic started", "panic ended"}
+	"condition changed", "panic started", "panic ended", "breaker changed"}
 
 // String names the kind.
 func (k EventKind) String() string {

@@ -131,6 +131,8 @@ func (e *Engine) newBreaker(ep *Endpoint, cfg breaker.Config) *breaker.Breaker {
 			return // replaced or closed meanwhile
 		}
 		why := "circuit breaker " + from.String() + " → " + to.String()
+		conds := ep.Conditions()
+		e.emit(Event{Kind: BreakerChanged, Address: ep.addr, Old: conds, New: conds, Why: why})
 		if to == breaker.HalfOpen {
 			ep.gate.Or(gateHalfOpen)
 		} else {
