@@ -28,6 +28,7 @@ type flaky struct {
 	served   atomic.Int64
 	inflight atomic.Int64
 	maxSeen  atomic.Int64
+	delay    atomic.Int64  // service time in ns: the backend's latency
 	hold     chan struct{} // when not nil, requests wait for it
 }
 
@@ -46,6 +47,9 @@ func newFlaky(t *testing.T, name string) *flaky {
 		for m := f.maxSeen.Load(); n > m && !f.maxSeen.CompareAndSwap(m, n); m = f.maxSeen.Load() {
 		}
 		f.served.Add(1)
+		if d := f.delay.Load(); d > 0 {
+			time.Sleep(time.Duration(d)) // service time, not synchronisation
+		}
 		if f.hold != nil {
 			<-f.hold
 		}
@@ -356,5 +360,71 @@ func TestE2EMaxInFlight(t *testing.T) {
 		if m := f.maxSeen.Load(); m > 2 {
 			t.Fatalf("%s saw %d requests at once; the limit is 2", f.name, m)
 		}
+	}
+}
+
+// A 10× slow endpoint among 5 is ejected by the latency detector and its share
+// falls below 2%. Load: 200 requests/s from 4 goroutines paced by tickers;
+// round robin (no randomness); backends answer in ~1ms, the slow one in ~10ms.
+func TestE2ELatencyOutlier(t *testing.T) {
+	fs, eps := flakyFleet(t, 5)
+	for _, f := range fs {
+		f.delay.Store(int64(time.Millisecond))
+	}
+	// 40 requests/s reach each endpoint: a 500ms interval gives each ~20.
+	tr, e := transportJSON(t, eps, `{"outlierDetection": {"consecutiveFailures": 0, "interval": "500ms",
+		"baseEjectionTime": "30s", "maxEjectionPercent": 50,
+		"latency": {"quantile": 0.9, "factor": 3, "minimumHosts": 3, "requestVolume": 10}}}`)
+	evs := events(t, e)
+	c := &http.Client{Transport: tr}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(20 * time.Millisecond) // 4 × 50/s = 200 requests/s
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					send(c)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	slowAddr := fs[2].addr()
+	changed := time.Now()
+	fs[2].delay.Store(int64(10 * time.Millisecond))
+	ev := waitEvent(t, evs, "the latency ejection", func(ev balancer.Event) bool {
+		return ev.Address == slowAddr && ev.New&balancer.Ejected != 0
+	})
+	took := time.Since(changed)
+	if !strings.Contains(ev.Why, "latency") {
+		t.Fatalf("ejected for %q, want latency", ev.Why)
+	}
+	before := make([]int64, len(fs))
+	for i, f := range fs {
+		before[i] = f.served.Load()
+	}
+	time.Sleep(time.Second) // a window of load to measure the share over
+	var total, slowN int64
+	for i, f := range fs {
+		n := f.served.Load() - before[i]
+		total += n
+		if i == 2 {
+			slowN = n
+		}
+	}
+	share := float64(slowN) / float64(total)
+	t.Logf("ejected %v after the slowdown; share over the next second: %d of %d (%.2f%%)", took, slowN, total, 100*share)
+	if total < 50 || share >= 0.02 {
+		t.Fatalf("slow endpoint's share after ejection: %d of %d; want < 2%% of a real load", slowN, total)
+	}
+	if took > 5*time.Second { // the issue asks for 2s; the bound is generous for a loaded CI
+		t.Fatalf("ejection took %v", took)
 	}
 }
