@@ -229,3 +229,16 @@ func readFile(t *testing.T, name string) string {
 	}
 	return string(b)
 }
+
+// Every JSON configuration in README.md is valid, as written.
+func TestReadmeJSONConfigsParse(t *testing.T) {
+	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(readFile(t, "README.md"), -1)
+	if len(blocks) < 2 {
+		t.Fatalf("found %d JSON blocks in README.md; want the configuration and health examples", len(blocks))
+	}
+	for _, b := range blocks {
+		if _, err := balancer.ParseConfig([]byte(b[1])); err != nil {
+			t.Errorf("README.md JSON does not parse: %v\n%s", err, b[1])
+		}
+	}
+}
