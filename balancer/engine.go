@@ -388,11 +388,7 @@ func (e *Engine) scan(s *snapshot) (*Endpoint, error) {
 	start := int(e.opts.Rand() % uint64(n))
 	for i := range n {
 		ep := s.endpoints[(start+i)%n]
-		ep.inflight.Add(1)
-		if s.trackTotal {
-			e.total.Add(1)
-			ep.inTotal.Add(1)
-		}
+		e.acquire(ep, s.trackTotal)
 		if ep.conds.Load()&^s.tolerated == 0 && e.admit(s, ep) {
 			return ep, nil
 		}
@@ -404,12 +400,18 @@ func (e *Engine) scan(s *snapshot) (*Endpoint, error) {
 // count counts a pick from s in flight, unless s's picker counts for itself.
 func (e *Engine) count(s *snapshot, ep *Endpoint) {
 	if !s.selfCounting {
-		ep.inflight.Add(1)
-		if s.trackTotal {
-			e.total.Add(1)
-		}
+		e.acquire(ep, s.trackTotal)
+	} else if s.trackTotal { // the picker counted ep and the total itself
+		ep.inTotal.Add(1)
 	}
-	if s.trackTotal { // a self-counting picker added to the total itself
+}
+
+// acquire counts a request in flight on ep, and in the engine's total when the
+// algorithm needs it (see release).
+func (e *Engine) acquire(ep *Endpoint, trackTotal bool) {
+	ep.inflight.Add(1)
+	if trackTotal {
+		e.total.Add(1)
 		ep.inTotal.Add(1)
 	}
 }
