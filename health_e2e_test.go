@@ -254,7 +254,7 @@ func TestE2EMaxEjectionPercentAndPanic(t *testing.T) {
 // while it is down.
 func TestE2EActiveHealthCheck(t *testing.T) {
 	fs, eps := flakyFleet(t, 2)
-	tr, e := transportJSON(t, eps, `{"healthCheck": {"http": {"path": "/healthz"}, "interval": "20ms", "unhealthyThreshold": 2, "healthyThreshold": 2}}`)
+	tr, e := transportJSON(t, eps, `{"healthCheck": {"http": {"path": "/healthz"}, "interval": "20ms", "noTrafficInterval": "20ms", "unhealthyThreshold": 2, "healthyThreshold": 2}}`)
 	evs := events(t, e)
 	c := &http.Client{Transport: tr}
 	fs[0].health.Store(503)

@@ -347,9 +347,18 @@ func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, er
 			e.release(ep)
 			// Whoever made ep ineligible publishes a new snapshot right after
 			// (the condition is stored under the engine's lock, then the
-			// rebuild runs): wait for it rather than pick from s again.
+			// rebuild runs): wait for it rather than pick from s again, and
+			// never past the request's context.
 			if e.snap.Load() == s {
-				<-s.changed
+				var done <-chan struct{}
+				if info.Ctx != nil {
+					done = info.Ctx.Done()
+				}
+				select {
+				case <-s.changed:
+				case <-done:
+					return nil, info.Ctx.Err()
+				}
 			}
 			if s = e.snap.Load(); s.picker == nil {
 				return e.pickFailed(info, s, s.err)
@@ -700,14 +709,19 @@ func (e *Engine) SetConditionWhy(addr string, c Condition, on bool, why string) 
 }
 
 // setConditionLocked sets or clears c on ep, emits the change, and reports
-// whether ep's eligibility changed (so the picker must be rebuilt).
+// whether ep's conditions changed, so that the picker must be rebuilt: not
+// only when ep's own eligibility flips, because panic (which counts the
+// connected and the usable endpoints, and tolerates some conditions) and the
+// no-endpoint error's reasons depend on every condition.
 func (e *Engine) setConditionLocked(ep *Endpoint, c Condition, on bool, why string) bool {
 	old := Condition(ep.conds.Load())
-	changed := ep.setCondition(c, on, e.opts.Now())
-	if cur := Condition(ep.conds.Load()); cur != old {
-		e.emit(Event{Kind: ConditionChanged, Address: ep.addr, Old: old &^ removed, New: cur &^ removed, Why: why})
+	ep.setCondition(c, on, e.opts.Now())
+	cur := Condition(ep.conds.Load())
+	if cur == old {
+		return false
 	}
-	return changed
+	e.emit(Event{Kind: ConditionChanged, Address: ep.addr, Old: old &^ removed, New: cur &^ removed, Why: why})
+	return true
 }
 
 // Panicking reports whether the engine is in panic (see Config.PanicThreshold).

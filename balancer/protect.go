@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"time"
 
+	"google.golang.org/grpc/credentials"
+
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/breaker"
 	"github.com/lodestar-go/lodestar/health"
@@ -40,6 +42,9 @@ type HealthOptions struct {
 	TLS *tls.Config
 	// Dial connects checks to endpoints (see health.CheckerOptions.Dial).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// GRPCCredentials are gRPC checks' transport credentials (the gRPC policy
+	// passes its channel's); see health.CheckerOptions.GRPCCredentials.
+	GRPCCredentials credentials.TransportCredentials
 	// DialAddress maps an engine address to the address checks dial, when they
 	// differ (the gRPC policy's keys for port-less addresses). nil: the same.
 	DialAddress func(addr string) string
@@ -243,14 +248,15 @@ func (e *Engine) evaluate(d *health.Detector) {
 // endpoint set. Call it without the engine's lock.
 func (e *Engine) startChecker(hc *health.HealthCheck) error {
 	c, err := health.NewChecker(*hc, health.CheckerOptions{
-		Service:    e.opts.Service,
-		TLS:        e.opts.Health.TLS,
-		Dial:       e.opts.Health.Dial,
-		Logger:     e.opts.Logger,
-		Rand:       e.opts.Rand,
-		OnChange:   e.healthChanged,
-		OnCheck:    e.healthChecked,
-		HasTraffic: e.hasTraffic,
+		Service:         e.opts.Service,
+		TLS:             e.opts.Health.TLS,
+		GRPCCredentials: e.opts.Health.GRPCCredentials,
+		Dial:            e.opts.Health.Dial,
+		Logger:          e.opts.Logger,
+		Rand:            e.opts.Rand,
+		OnChange:        e.healthChanged,
+		OnCheck:         e.healthChecked,
+		HasTraffic:      e.hasTraffic,
 	})
 	if err != nil {
 		return err

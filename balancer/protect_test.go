@@ -1,11 +1,13 @@
 package balancer
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 )
@@ -238,5 +240,49 @@ func TestEvents(t *testing.T) {
 	}
 	if removedN != 2 || drained != 2 {
 		t.Fatalf("%d removed and %d drained events, want 2 and 2:\n%s", removedN, drained, strings.Join(got, "\n"))
+	}
+}
+
+// Panic depends on every endpoint's conditions, not only the eligible ones: an
+// unhealthy endpoint that connects counts at once (it once stayed out until
+// some endpoint's eligibility flipped), and a pick never waits on a snapshot
+// that no change will replace.
+func TestPanicSeesEveryConditionChange(t *testing.T) {
+	e, err := NewEngine(Config{}, Options{Service: "svc", InitialConditions: NotConnected})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	eps := resolverEndpoints(2, nil)
+	e.Update(eps)
+	e.SetCondition(eps[0].Address, Unhealthy, true) // not connected yet, and unhealthy
+	e.SetCondition(eps[1].Address, NotConnected, false)
+	e.SetCondition(eps[1].Address, Unhealthy, true)
+	e.SetCondition(eps[0].Address, NotConnected, false) // connects: 0 of 2 usable
+	if !e.Panicking() {
+		t.Fatal("0 of 2 connected endpoints usable, and no panic")
+	}
+	seen := map[string]bool{}
+	for range 20 {
+		ep, err := e.Pick(PickInfo{Ctx: context.Background()})
+		if err != nil {
+			t.Fatalf("in panic: %v", err)
+		}
+		seen[ep.Address()] = true
+		e.Done(ep, outcome.Outcome{})
+	}
+	if len(seen) != 2 {
+		t.Fatalf("panic picks reached %v; want both", seen)
+	}
+	// One loses its connection while in panic: picks go to the other at once.
+	e.SetCondition(eps[0].Address, NotConnected, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 20 {
+		ep, err := e.Pick(PickInfo{Ctx: ctx})
+		if err != nil || ep.Address() != eps[1].Address {
+			t.Fatalf("after one disconnected: %v, %v; want the connected one", ep, err)
+		}
+		e.Done(ep, outcome.Outcome{})
 	}
 }

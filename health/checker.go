@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/credentials"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -27,6 +28,10 @@ type CheckerOptions struct {
 	// an empty ServerName becomes the Host header's host (https) or Service
 	// (gRPC).
 	TLS *tls.Config
+	// GRPCCredentials, if set, are the transport credentials of gRPC checks
+	// (the gRPC policy passes its channel's, so checks of a TLS server use
+	// TLS as its RPCs do); they take precedence over TLS for gRPC checks.
+	GRPCCredentials credentials.TransportCredentials
 	// Dial connects to an endpoint, for every kind of check. Default: a zero
 	// net.Dialer's DialContext (and for gRPC, grpc's own dialer). network is
 	// "tcp", or "unix" for a gRPC or TCP check of a "unix:" address.
@@ -51,7 +56,9 @@ type CheckerOptions struct {
 	// NoTrafficInterval instead of every Interval. It is called on the
 	// endpoint's goroutine after each check of such an endpoint (not for
 	// one that is unhealthy or failing, which is checked every Interval
-	// regardless) and must be safe for concurrent use. nil means every
+	// regardless), and every Interval while the endpoint waits out a
+	// NoTrafficInterval, so that traffic brings the next check forward; it
+	// must be safe for concurrent use. nil means every
 	// endpoint has traffic.
 	HasTraffic func(key string) bool
 	// Rand returns uniformly random 64-bit values, concurrently, for the
@@ -251,14 +258,20 @@ func (c *Checker) run(t *target) {
 	defer p.close()
 	timer := time.NewTimer(c.jitter())
 	defer timer.Stop()
-	var fails, passes int // the current run of failed (healthy) or passed (unhealthy) checks
+	var fails, passes int   // the current run of failed (healthy) or passed (unhealthy) checks
+	var idleUntil time.Time // while idle, the next check is due then, or sooner once traffic comes
 	for {
 		select {
 		case <-t.ctx.Done():
 			return
 		case <-timer.C:
+			if !idleUntil.IsZero() && time.Now().Before(idleUntil) && !c.opts.HasTraffic(t.key) {
+				timer.Reset(min(c.cfg.Interval, time.Until(idleUntil)))
+				continue // still idle: look again for traffic in an interval
+			}
 		case <-t.kick:
 		}
+		idleUntil = time.Time{}
 		err := c.checkOnce(t.ctx, p)
 		if t.ctx.Err() != nil {
 			return
@@ -286,11 +299,14 @@ func (c *Checker) run(t *target) {
 				c.change(t, true, fmt.Sprintf("%d consecutive %s checks passed", c.cfg.HealthyThreshold, c.kind))
 			}
 		}
-		wait := c.cfg.Interval
 		if fails == 0 && t.healthy.Load() && c.opts.HasTraffic != nil && !c.opts.HasTraffic(t.key) {
-			wait = c.cfg.NoTrafficInterval
+			// No traffic: the next check is due in NoTrafficInterval, but as
+			// soon as traffic arrives (looked for every Interval) the normal
+			// interval resumes, so a fresh client's endpoints are not left
+			// unchecked for a minute.
+			idleUntil = time.Now().Add(c.cfg.NoTrafficInterval)
 		}
-		timer.Reset(wait + c.jitter())
+		timer.Reset(c.cfg.Interval + c.jitter())
 	}
 }
 

@@ -900,3 +900,35 @@ func TestCallbacksMayReadChecker(t *testing.T) {
 		t.Fatal("no change")
 	}
 }
+
+// An idle endpoint waits NoTrafficInterval for its next check, but traffic
+// brings the check forward to the next Interval: a fresh client's endpoints
+// are not left unchecked for a minute once requests flow.
+func TestTrafficEndsTheIdleWait(t *testing.T) {
+	var checks atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { checks.Add(1) }))
+	defer srv.Close()
+	var traffic atomic.Bool
+	c, err := NewChecker(HealthCheck{HTTP: &HTTPCheck{}, Interval: 10 * time.Millisecond, NoTrafficInterval: time.Hour},
+		CheckerOptions{HasTraffic: func(string) bool { return traffic.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := srv.Listener.Addr().String()
+	c.Update(map[string]string{key: ""})
+	deadline := time.Now().Add(5 * time.Second)
+	for checks.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no first check")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	traffic.Store(true)
+	for checks.Load() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d checks: traffic did not bring the idle endpoint's next check forward", checks.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

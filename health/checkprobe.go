@@ -169,7 +169,9 @@ func (p *grpcProber) connect() error {
 		target = "passthrough:///" + target // resolved already: no DNS
 	}
 	var creds credentials.TransportCredentials
-	if c.opts.TLS != nil {
+	if c.opts.GRPCCredentials != nil {
+		creds = c.opts.GRPCCredentials // the channel's own, so checks connect as RPCs do
+	} else if c.opts.TLS != nil {
 		cfg := c.opts.TLS.Clone()
 		if cfg.ServerName == "" && c.opts.Service != "" {
 			cfg.ServerName = hostOnly(c.opts.Service)

@@ -106,6 +106,7 @@ import (
 	"google.golang.org/grpc/balancer/pickfirst"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	gresolver "google.golang.org/grpc/resolver"
@@ -195,6 +196,7 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, bOpts grpcbalancer.BuildOpti
 		states:     gresolver.NewEndpointMap[*endpointState](),
 		byKey:      map[string]*endpointState{},
 		gate:       new(gate),
+		creds:      bOpts.DialCreds,
 	}
 	if err := grpcresolver.MissingScheme(bOpts.Target); err != nil {
 		// A status error: it ends even wait-for-ready RPCs, as no resolver
@@ -242,7 +244,8 @@ type policy struct {
 	opts      Options
 	service   string
 	gate      *gate
-	targetErr error // the target cannot work (a scheme grpc does not know): every RPC fails with it
+	targetErr error                            // the target cannot work (a scheme grpc does not know): every RPC fails with it
+	creds     credentials.TransportCredentials // the channel's, for lodestar's gRPC health checks
 
 	mu     sync.Mutex
 	eng    *balancer.Engine
@@ -321,6 +324,8 @@ func (p *policy) configureLocked(cfg *lbConfig) error {
 	}
 	eng, err := balancer.NewEngine(cfg.cfg, balancer.Options{
 		Service: p.service, Logger: p.opts.Logger, Rand: p.opts.Rand,
+		// lodestar's own gRPC health checks connect as the channel does.
+		Health: balancer.HealthOptions{GRPCCredentials: p.creds},
 		// Not eligible until its child reports READY (syncEngineLocked).
 		InitialConditions: balancer.NotConnected,
 	})
