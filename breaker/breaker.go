@@ -268,8 +268,15 @@ func (b *Breaker) Allow() bool {
 	}
 	for {
 		w := b.probes.Load()
-		if w&probeMask < b.halfOpen {
-			if b.probes.CompareAndSwap(w, w+1) {
+		if n := w&probeMask + 1; n <= b.halfOpen {
+			nw := w + 1
+			if n == b.halfOpen {
+				// The last slot: the wait for lost outcomes runs from this
+				// claim, not from when half-open began (one clock read per
+				// half-open period).
+				nw = b.micros(time.Now())<<probeBits | n
+			}
+			if b.probes.CompareAndSwap(w, nw) {
 				return true
 			}
 			continue

@@ -597,6 +597,10 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 // pickError turns an engine pick error into what grpc expects of a picker.
 func (pk *picker) pickError(err error) error {
 	switch {
+	case errors.Is(err, balancer.ErrOverloaded):
+		// Back pressure, never a queue: a status error ends wait-for-ready
+		// RPCs too (freed capacity publishes no new picker to wake them).
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, balancer.ErrNoEndpoints):
 		if pk.gate != nil && pk.gate.waiting.Load() > 0 {
 			// Endpoints are connecting: RPCs wait for them, as with grpc's

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
@@ -10,7 +11,10 @@ import (
 
 // The demo runs end to end (small load) and prints a table for every
 // registered algorithm in which every request is accounted for; run fails if
-// any request, the first ones included, got no answer.
+// any request, the first ones included, got no answer. Each table has the
+// rows that say what the protections did to each of the five backends (how
+// many ejections, breaker openings and health changes depends on timing, so
+// only the rows' shape is checked: a "-" or a count per backend).
 func TestDemoRuns(t *testing.T) {
 	var out strings.Builder
 	if err := run(&out, 200, 4); err != nil {
@@ -18,8 +22,43 @@ func TestDemoRuns(t *testing.T) {
 	}
 	s := out.String()
 	for _, name := range balancer.Algorithms() {
-		if !strings.Contains(s, "== "+name+"  (200 requests") {
+		i := strings.Index(s, "== "+name+"  (200 requests")
+		if i < 0 {
 			t.Errorf("no table for %s in:\n%s", name, s)
+			continue
+		}
+		table, _, _ := strings.Cut(s[i:], "\n\n")
+		lines := strings.Split(table, "\n")
+		if len(lines) != 6 {
+			t.Errorf("%s: want a title, a header, the figures and 3 protection rows, got:\n%s", name, table)
+			continue
+		}
+		for j, row := range []struct{ label, cell string }{
+			{"ejected", `^(-|\d+× \w+(, \d+× \w+)*)$`},
+			{"breaker", `^(-|opened \d+×)$`},
+			{"health", `^(-|down \d+×)$`},
+		} {
+			line := lines[3+j]
+			rest, ok := strings.CutPrefix(line, row.label)
+			if !ok {
+				t.Errorf("%s: want the %q row, got %q", name, row.label, line)
+				continue
+			}
+			cells := strings.Split(strings.TrimSpace(rest), "  ")
+			var got []string
+			for _, c := range cells {
+				if c = strings.TrimSpace(c); c != "" {
+					got = append(got, c)
+				}
+			}
+			if len(got) != len(specs) {
+				t.Errorf("%s: %q row: want %d cells, got %q", name, row.label, len(specs), got)
+			}
+			for _, c := range got {
+				if !regexp.MustCompile(row.cell).MatchString(c) {
+					t.Errorf("%s: %q row: bad cell %q", name, row.label, c)
+				}
+			}
 		}
 	}
 }
