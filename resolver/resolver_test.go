@@ -175,7 +175,7 @@ func TestRunRestartsWithBackoff(t *testing.T) {
 }
 
 func TestBackoffDelayBounds(t *testing.T) {
-	c := backoff.Config{Base: 10 * time.Millisecond, Max: 80 * time.Millisecond, Multiplier: 2, Jitter: 0.5}
+	c := backoff.Config{Base: 10 * time.Millisecond, Max: 80 * time.Millisecond, Multiplier: 2, Jitter: backoff.Equal}
 	for attempt, want := range []time.Duration{10, 20, 40, 80, 80} {
 		want *= time.Millisecond
 		for range 50 {

@@ -1,9 +1,29 @@
-// Package retry will hold lodestar's retry policy: exponential backoff with
-// jitter (internal/backoff), per-try timeouts, retry budgets
-// (golang.org/x/time/rate), retry on a different endpoint, Retry-After, hedging,
-// and gRPC interceptors. Only idempotent requests, or requests that provably
-// never reached the server, are retried.
+// Package retry is lodestar's retry policy, protocol-neutral: it decides,
+// delays and budgets, and the front doors (the HTTP Transport and the gRPC
+// interceptors) only adapt. It knows nothing of the balancer: it reads
+// outcome classes (balancer/outcome) and is called by the doors.
 //
-// It is designed for but not yet built (see docs/ARCHITECTURE.md, "Designed for,
-// not yet built").
+//   - Config is the "retry" section of the balancer's configuration: max
+//     attempts, per-try timeout, what is retried (outcome classes, HTTP
+//     statuses, gRPC codes), backoff, budget and hedging. Validate checks
+//     names and the rules between fields; each number's range is in its
+//     `range` tag.
+//   - Policy is a Config compiled for the request path: Retryable applies the
+//     lists and the safety rule (a non-idempotent request is never sent
+//     twice: after it may have reached the server, only idempotent requests
+//     are retried; any request is retried when the failure proves it never
+//     left), Delay the jittered exponential backoff (full, equal or
+//     decorrelated jitter, from internal/backoff, the module's one
+//     implementation) and the server's Retry-After or gRPC pushback, capped.
+//   - Budget is one service's retry budget, Finagle's: retries within
+//     ratio × recent requests + minPerSecond × window, so that retries cannot
+//     multiply the load of a failing service.
+//   - Idempotent, ParseRetryAfter and ParseRetryPushback read what HTTP and
+//     gRPC say about a request and a response.
+//
+// Still to come with the front doors (see docs/ARCHITECTURE.md, "Designed for,
+// not yet built"): the retry loop inside the HTTP Transport's RoundTrip and
+// the gRPC unary and client-stream interceptors, retry on another endpoint,
+// body replay through GetBody, Retry-After pausing the endpoint in the
+// balancer, and hedging driven by the service's latency percentiles.
 package retry
