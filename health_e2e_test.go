@@ -428,3 +428,26 @@ func TestE2ELatencyOutlier(t *testing.T) {
 		t.Fatalf("ejection took %v", took)
 	}
 }
+
+// With endEjectionOnHealthy, a passing active check ends an outlier ejection
+// early (the ejection time here is a minute).
+func TestE2EHealthyCheckEndsEjection(t *testing.T) {
+	fs, eps := flakyFleet(t, 3)
+	tr, e := transportJSON(t, eps, `{"healthCheck": {"http": {"path": "/healthz"}, "interval": "20ms", "noTrafficInterval": "20ms"},
+		"outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "1m", "maxEjectionPercent": 50, "endEjectionOnHealthy": true}}`)
+	evs := events(t, e)
+	c := &http.Client{Transport: tr}
+	fs[0].status.Store(503) // requests fail; its health endpoint still passes
+	for range 20 {
+		send(c)
+	}
+	waitEvent(t, evs, "the ejection", func(ev balancer.Event) bool {
+		return ev.Address == fs[0].addr() && ev.New&balancer.Ejected != 0
+	})
+	ev := waitEvent(t, evs, "the early end", func(ev balancer.Event) bool {
+		return ev.Address == fs[0].addr() && ev.Old&balancer.Ejected != 0 && ev.New&balancer.Ejected == 0
+	})
+	if !strings.Contains(ev.Why, "health check passed") {
+		t.Fatalf("ejection ended for %q; want the health check", ev.Why)
+	}
+}
