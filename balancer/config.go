@@ -8,6 +8,7 @@ import (
 
 	"github.com/lodestar-go/lodestar/breaker"
 	"github.com/lodestar-go/lodestar/health"
+	"github.com/lodestar-go/lodestar/retry"
 )
 
 // Config is the engine's configuration. It means the same for the HTTP transport
@@ -99,6 +100,13 @@ type Config struct {
 	// half-open one lets only its probes through. nil, the default, is off.
 	// See breaker.Config.
 	CircuitBreaker *breaker.Config `json:"circuitBreaker,omitempty"`
+	// Retry turns on retries (the HTTP front door's; the gRPC door does not
+	// apply it yet): a failed attempt is sent again, to another endpoint,
+	// when the policy lists its outcome and it is safe (a non-idempotent
+	// request is never sent twice), after a jittered backoff, within the
+	// service's retry budget and the caller's deadline. nil, the default, is
+	// off. See retry.Config.
+	Retry *retry.Config `json:"retry,omitempty"`
 }
 
 // DefaultPanicThreshold is PanicThreshold's default, in percent (Envoy's).
@@ -168,6 +176,11 @@ func (c Config) Validate() error {
 	if c.CircuitBreaker != nil {
 		if err := c.CircuitBreaker.Validate(); err != nil {
 			return fmt.Errorf("lodestar config: circuitBreaker: %w", err)
+		}
+	}
+	if c.Retry != nil {
+		if err := c.Retry.Validate(); err != nil {
+			return fmt.Errorf("lodestar config: retry: %w", err)
 		}
 	}
 	return nil

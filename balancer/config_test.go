@@ -12,6 +12,7 @@ import (
 
 	"github.com/lodestar-go/lodestar/breaker"
 	"github.com/lodestar-go/lodestar/health"
+	"github.com/lodestar-go/lodestar/retry"
 )
 
 func TestParseConfigAlgorithms(t *testing.T) {
@@ -163,6 +164,10 @@ var sections = []section{
 	{"outlierDetection.failurePercentage", in(`{"outlierDetection": {"failurePercentage": {%s}}}`)},
 	{"outlierDetection.latency", in(`{"outlierDetection": {"latency": {%s}}}`)},
 	{"circuitBreaker", in(`{"circuitBreaker": {%s}}`)},
+	{"retry", in(`{"retry": {%s}}`)},
+	{"retry.backoff", in(`{"retry": {"backoff": {%s}}}`)},
+	{"retry.budget", in(`{"retry": {"budget": {%s}}}`)},
+	{"retry.hedge", in(`{"retry": {"hedge": {%s}}}`)},
 }
 
 // healthCheckWrap puts members in the healthCheck section, which must say
@@ -276,6 +281,26 @@ var goodValues = map[string]string{
 	"threshold": "85", "quantile": "0.9", "factor": "3",
 	// circuitBreaker ("consecutiveFailures" and "window" are above too).
 	"circuitBreaker": `{}`, "failureRatio": "0.5", "minRequests": "20", "openTimeout": `"10s"`, "halfOpenRequests": "1",
+	// retry ("window" is above too; "jitter" is the backoff's in retry.backoff, see sectionGoodValues).
+	"retry": `{}`, "maxAttempts": "3", "perTryTimeout": `"500ms"`, "retryOn": `["connect_error", "timeout"]`,
+	"retryableStatuses": `[502, 503]`, "retryableCodes": `["UNAVAILABLE"]`, "backoff": `{"base": "10ms"}`,
+	"budget": `{"ratio": 0.1}`, "hedge": `{"delay": "20ms"}`, "base": `"25ms"`, "max": `"1s"`,
+	"ratio": "0.2", "minPerSecond": "10", "delay": `"p95"`, "maxExtra": "2",
+}
+
+// sectionGoodValues overrides goodValues for a field of one section, keyed
+// "section.field", where a name means different things in two sections.
+var sectionGoodValues = map[string]string{
+	"retry.backoff.jitter": `"decorrelated"`,
+}
+
+// goodValue returns a valid value of field in section sec.
+func goodValue(sec, field string) (string, bool) {
+	if v, ok := sectionGoodValues[sec+"."+field]; ok {
+		return v, true
+	}
+	v, ok := goodValues[field]
+	return v, ok
 }
 
 // caseVariants returns spellings of name that differ from it only in case.
@@ -297,7 +322,7 @@ func TestParseConfigFieldNamesExact(t *testing.T) {
 	for _, sec := range sections {
 		fields := sectionFields(t, sec.name)
 		for _, f := range fields {
-			good, ok := goodValues[f]
+			good, ok := goodValue(sec.name, f)
 			if !ok {
 				t.Errorf("section %q: no good value for field %q in goodValues", sec.name, f)
 				continue
@@ -390,6 +415,17 @@ var rangeCases = []struct {
 	{"circuitBreaker", "window", []string{`"0s"`, `"999µs"`, `"24h0m0.001s"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
 	{"circuitBreaker", "openTimeout", []string{`"0s"`, `"-1s"`, `"24h1m"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
 	{"circuitBreaker", "halfOpenRequests", []string{"0", "1001"}, []string{"1", "1000"}, "[1, 1000]"},
+
+	// retry. backoff.max must not be less than backoff.base (default 25ms),
+	// and ratio and minPerSecond must not both be 0.
+	{"retry", "maxAttempts", []string{"0", "-1", "11"}, []string{"1", "10"}, "[1, 10]"},
+	{"retry", "perTryTimeout", []string{`"-1ns"`, `"1h0m0.001s"`}, []string{`"0s"`, `"1h"`}, "[0, 1h]"},
+	{"retry.backoff", "base", []string{`"0s"`, `"999µs"`, `"1m0.001s"`}, []string{`"1ms"`, `"1s"`}, "[1ms, 1m]"},
+	{"retry.backoff", "max", []string{`"0s"`, `"-1s"`, `"1h0m1s"`}, []string{`"25ms"`, `"1h"`}, "[1ms, 1h]"},
+	{"retry.budget", "ratio", []string{"-0.1", "1.01"}, []string{"0", "1"}, "[0, 1]"},
+	{"retry.budget", "minPerSecond", []string{"-1", "100001"}, []string{"0", "100000"}, "[0, 100000]"},
+	{"retry.budget", "window", []string{`"0s"`, `"999ms"`, `"1h0m1s"`}, []string{`"1s"`, `"1h"`}, "[1s, 1h]"},
+	{"retry.hedge", "maxExtra", []string{"0", "4"}, []string{"1", "3"}, "[1, 3]"},
 }
 
 // slowStartRange are SlowStart's ranges, checked in each algorithm that has it.
@@ -588,6 +624,8 @@ func TestValidateUsesTheSameRanges(t *testing.T) {
 			"lodestar config: outlierDetection.maxEjectionPercent: 101 is out of range [0, 100]"},
 		{Config{CircuitBreaker: &breaker.Config{FailureRatio: new(1.5)}},
 			"lodestar config: circuitBreaker.failureRatio: 1.5 is out of range [0, 1]"},
+		{Config{Retry: &retry.Config{MaxAttempts: 11}}, "lodestar config: retry.maxAttempts: 11 is out of range [1, 10]"},
+		{Config{Retry: &retry.Config{RetryOn: []string{"5xx"}}}, `lodestar config: retry: retryOn[0]: unknown condition "5xx" (want one of connect_error, reset, gateway_error, overloaded, timeout, server_error)`},
 	} {
 		if err := tc.c.Validate(); err == nil || err.Error() != tc.want {
 			t.Errorf("%+v: %v, want %q", tc.c, err, tc.want)
@@ -646,6 +684,12 @@ func TestConfigRoundTrip(t *testing.T) {
 		{CircuitBreaker: &breaker.Config{ConsecutiveFailures: new(0), FailureRatio: new(0.25), MinRequests: 7,
 			Window: 30 * time.Second, OpenTimeout: 5 * time.Second, HalfOpenRequests: 3}},
 		{CircuitBreaker: &breaker.Config{}},
+		{Retry: &retry.Config{}},
+		{Retry: &retry.Config{MaxAttempts: 4, PerTryTimeout: 300 * time.Millisecond, RetryOn: []string{"connect_error", "timeout"},
+			RetryableStatuses: []int{503}, RetryableCodes: []string{"UNAVAILABLE"},
+			Backoff: retry.BackoffConfig{Base: 5 * time.Millisecond, Max: 2 * time.Second, Jitter: "equal"},
+			Budget:  retry.BudgetConfig{Ratio: new(0.1), MinPerSecond: new(0), Window: 20 * time.Second},
+			Hedge:   &retry.HedgeConfig{Delay: "p99", MaxExtra: 2}}},
 	} {
 		js, err := json.Marshal(c)
 		if err != nil {
