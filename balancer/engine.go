@@ -306,10 +306,20 @@ func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 	// before it reads the count (both sequentially consistent atomics), so
 	// either this load sees the removal or the drain sees the count. The same
 	// load keeps a condition set meanwhile (SetCondition) from being ignored.
-	if ep.conds.Load()&^s.tolerated == 0 && !s.gated {
+	if ep.conds.Load()&^s.tolerated == 0 && !s.gated && info.Avoid == nil {
 		return ep, nil
 	}
 	return e.repick(info, s, ep)
+}
+
+// avoided reports whether ep is in avoid.
+func avoided(avoid []*Endpoint, ep *Endpoint) bool {
+	for _, a := range avoid {
+		if a == ep {
+			return true
+		}
+	}
+	return false
 }
 
 // pickFailed applies the rules for a pick from s that found no endpoint: fail at
@@ -333,15 +343,23 @@ func waitable(err error) bool {
 // removed or conditioned endpoint, or, when ep is only at its limit, up to a
 // few more times and then by a scan for any endpoint under the limit.
 func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, error) {
-	busy := 0 // picks that found their endpoint at its limit
+	busy := 0 // picks that found their endpoint at its limit, or avoided
 	for {
 		if ep.conds.Load()&^s.tolerated == 0 {
-			if e.admit(s, ep) {
+			if info.Avoid != nil && len(s.endpoints) > 1 && avoided(info.Avoid, ep) {
+				// Tried already: pick again a few times, then scan for one
+				// not tried, and take a tried one only if none is left.
+				e.release(ep)
+				if busy++; busy >= min(len(s.endpoints), 4) {
+					return e.scanAvoiding(s, info.Avoid)
+				}
+			} else if e.admit(s, ep) {
 				return ep, nil
-			}
-			e.release(ep)
-			if busy++; busy >= min(len(s.endpoints), 4) {
-				return e.scan(s)
+			} else {
+				e.release(ep)
+				if busy++; busy >= min(len(s.endpoints), 4) {
+					return e.scanAvoiding(s, info.Avoid)
+				}
 			}
 		} else {
 			e.release(ep)
@@ -404,6 +422,29 @@ func (e *Engine) scan(s *snapshot) (*Endpoint, error) {
 		e.release(ep)
 	}
 	return nil, &OverloadedError{Service: e.opts.Service, Endpoints: n, Limit: int(s.mode.maxInFlight)}
+}
+
+// scanAvoiding is scan preferring endpoints not in avoid: it scans for one
+// that is not avoided and admits the request, and falls back to scan (any
+// endpoint, avoided ones included) when there is none.
+func (e *Engine) scanAvoiding(s *snapshot, avoid []*Endpoint) (*Endpoint, error) {
+	if len(avoid) == 0 {
+		return e.scan(s)
+	}
+	n := len(s.endpoints)
+	start := int(e.opts.Rand() % uint64(n))
+	for i := range n {
+		ep := s.endpoints[(start+i)%n]
+		if avoided(avoid, ep) {
+			continue
+		}
+		e.acquire(ep, s.trackTotal)
+		if ep.conds.Load()&^s.tolerated == 0 && e.admit(s, ep) {
+			return ep, nil
+		}
+		e.release(ep)
+	}
+	return e.scan(s)
 }
 
 // count counts a pick from s in flight, unless s's picker counts for itself.
@@ -516,7 +557,7 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, err
 			continue
 		}
 		e.count(s, ep)
-		if ep.conds.Load()&^s.tolerated == 0 && !s.gated {
+		if ep.conds.Load()&^s.tolerated == 0 && !s.gated && info.Avoid == nil {
 			return ep, nil
 		}
 		return e.repick(info, s, ep)
