@@ -1,6 +1,9 @@
 package lodestar
 
-import "unsafe"
+import (
+	"time"
+	"unsafe"
+)
 
 // CallSize returns the size of the per-request allocation, for tests.
 func CallSize() uintptr { return unsafe.Sizeof(call{}) }
@@ -8,3 +11,10 @@ func CallSize() uintptr { return unsafe.Sizeof(call{}) }
 // HasService reports whether host names a service, through the lookup
 // RoundTrip uses, for tests.
 func (t *Transport) HasService(host string) bool { return t.lookup(host) != nil }
+
+// SetBackoffHook makes h run as each retry starts its backoff wait, until
+// the returned function is called; for tests.
+func SetBackoffHook(h func(d time.Duration)) (reset func()) {
+	testHookBackoff.Store(&h)
+	return func() { testHookBackoff.Store(nil) }
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/internal/monotime"
 	"github.com/lodestar-go/lodestar/resolver"
+	"github.com/lodestar-go/lodestar/retry"
 )
 
 // Service is one logical service the Transport balances: where its endpoints come
@@ -128,6 +129,11 @@ type service struct {
 	classify Classifier
 	tracker  *connTracker // nil when rt is not our clone
 	affinity affinity     // how requests carry their affinity key
+
+	// Retries, when Config.Retry is set (policy nil otherwise).
+	policy *retry.Policy
+	budget *retry.Budget // the service's, shared by all its requests
+	perTry time.Duration // policy.PerTryTimeout(), 0 for none
 }
 
 // NewTransport starts a Transport for the services in opts. It validates every
@@ -177,6 +183,13 @@ func NewTransport(opts Options) (*Transport, error) {
 		svc := &service{name: name, host: sc.Host, classify: sc.Classifier, rt: base, affinity: newAffinity(sc.Config)}
 		if svc.classify == nil {
 			svc.classify = DefaultClassifier
+		}
+		if rc := sc.Config.Retry; rc != nil {
+			p, err := retry.NewPolicy(*rc, opts.Rand)
+			if err != nil { // validated above; kept for safety
+				return nil, fmt.Errorf("lodestar: service %q: retry: %w", name, err)
+			}
+			svc.policy, svc.budget, svc.perTry = p, p.NewBudget(nil), p.PerTryTimeout()
 		}
 		if bt, ok := base.(*http.Transport); ok {
 			svc.rt, svc.tracker = cloneForService(bt, name, sc)
@@ -306,6 +319,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
+	if svc.policy != nil {
+		return svc.roundTrip(ctx, req, ep)
+	}
 	return svc.send(ctx, req, ep)
 }
 
@@ -315,22 +331,46 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // upgraded connection). It is kept within 512 bytes (http.Request and
 // url.URL take 448), the largest size Go allocates without a malloc header.
 type call struct {
-	req   http.Request // its context is the caller's
+	req   http.Request // its context is the caller's, or the attempt's own (per-try timeout)
 	url   url.URL
 	svc   *service
 	ep    *balancer.Endpoint
 	body  io.ReadCloser // the base's response body (an io.ReadWriteCloser for a 101)
 	lat   time.Duration // request sent → response headers (or error)
 	end   time.Duration // when the headers arrived, as a monotime reading
-	code  int32
+	code  int16         // HTTP status: three digits
 	class outcome.Class
 	done  atomic.Bool
+	// cancel ends the attempt's own context (per-try timeout), when it has
+	// one: at the body's end, so that the body stays readable until then.
+	cancel context.CancelFunc
 }
 
 // send sends req to ep and reports the outcome.
 func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endpoint) (*http.Response, error) {
+	resp, _, _, err := s.attempt(ctx, req, ep, nil)
+	return resp, err
+}
+
+// attempt sends req to ep once and reports the outcome; it returns the
+// response or error, the outcome's class and when the exchange ended (a
+// monotime reading). body, when not nil, replaces req.Body (a retry's replay
+// from GetBody). With a per-try timeout (s.perTry), the attempt runs on its
+// own context, derived from ctx, that is cut if the response headers have
+// not arrived in time; its class is then outcome.Timeout.
+func (s *service) attempt(ctx context.Context, req *http.Request, ep *balancer.Endpoint, body io.ReadCloser) (*http.Response, outcome.Class, time.Duration, error) {
 	c := &call{svc: s, ep: ep}
 	c.req = *req
+	if body != nil {
+		c.req.Body = body
+	}
+	var timer *time.Timer
+	if s.perTry > 0 {
+		tctx, cancel := context.WithCancel(ctx)
+		c.cancel = cancel
+		c.req = *c.req.WithContext(tctx)
+		timer = time.AfterFunc(s.perTry, cancel)
+	}
 	c.url = *req.URL
 	c.url.Host = ep.Address()
 	c.req.URL = &c.url
@@ -343,16 +383,31 @@ func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endp
 	resp, err := s.rt.RoundTrip(&c.req)
 	c.end = monotime.Now()
 	c.lat = c.end - start
+	cut := false // the per-try timeout cut the attempt
+	if timer != nil && !timer.Stop() {
+		cut = ctx.Err() == nil
+		if err == nil { // cut as the headers arrived: the body is unusable
+			resp.Body.Close()
+			resp, err = nil, context.Canceled
+		}
+	}
 	if err != nil {
 		class := s.classify(ctx, nil, err)
-		s.engine.Done(ep, outcome.Outcome{Class: class, Latency: c.lat, At: monotime.Time(c.end), Err: err})
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		if cut {
+			class = outcome.Timeout
+			err = &PerTryTimeoutError{Limit: s.perTry, Err: err}
 		}
-		return nil, fmt.Errorf("lodestar: %s via %s: %w", s.name, ep.Address(), err)
+		s.engine.Done(ep, outcome.Outcome{Class: class, Latency: c.lat, At: monotime.Time(c.end), Err: err})
+		if c.cancel != nil {
+			c.cancel()
+		}
+		if ctx.Err() != nil {
+			return nil, outcome.Canceled, c.end, ctx.Err()
+		}
+		return nil, class, c.end, fmt.Errorf("lodestar: %s via %s: %w", s.name, ep.Address(), err)
 	}
 	c.class = s.classify(ctx, resp, nil)
-	c.code = int32(resp.StatusCode)
+	c.code = int16(resp.StatusCode)
 	resp.Request = req
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The upgraded connection is the caller's until it closes it: in
@@ -360,18 +415,18 @@ func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endp
 		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
 			c.body = rwc
 			resp.Body = (*upgradedBody)(c)
-			return resp, nil
+			return resp, c.class, c.end, nil
 		}
 		c.finish(nil)
-		return resp, nil
+		return resp, c.class, c.end, nil
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
 		c.finish(nil)
-		return resp, nil
+		return resp, c.class, c.end, nil
 	}
 	c.body = resp.Body
 	resp.Body = (*trackedBody)(c)
-	return resp, nil
+	return resp, c.class, c.end, nil
 }
 
 // finish reports the call's outcome once; readErr is a body read error.
@@ -387,6 +442,9 @@ func (c *call) finish(readErr error) {
 		}
 	}
 	c.svc.engine.Done(c.ep, o)
+	if c.cancel != nil {
+		c.cancel()
+	}
 }
 
 // trackedBody is the response body handed to the caller: it reports the
