@@ -115,9 +115,7 @@ func (s *service) retry(ctx context.Context, req *http.Request, ep *balancer.End
 			tried = make([]*balancer.Endpoint, 0, p.MaxAttempts())
 		}
 		tried = append(tried, ep)
-		info := s.affinity.pickInfo(ctx, req)
-		info.Avoid = tried
-		next, perr := s.engine.Pick(info)
+		next, perr := s.engine.PickAvoiding(s.affinity.pickInfo(ctx, req), tried)
 		if perr != nil {
 			if perr == balancer.ErrClosed {
 				perr = errClosed

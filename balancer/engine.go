@@ -295,21 +295,44 @@ func (e *Engine) Close() error {
 func (e *Engine) Pick(info PickInfo) (*Endpoint, error) {
 	s := e.snap.Load()
 	if s.picker == nil {
-		return e.pickFailed(info, s, s.err)
+		return e.pickFailed(info, s, s.err, nil)
 	}
 	ep, err := s.picker.Pick(info)
 	if err != nil {
-		return e.pickFailed(info, s, err)
+		return e.pickFailed(info, s, err, nil)
 	}
 	e.count(s, ep)
 	// The count was raised before this load, and Update stores the removal
 	// before it reads the count (both sequentially consistent atomics), so
 	// either this load sees the removal or the drain sees the count. The same
 	// load keeps a condition set meanwhile (SetCondition) from being ignored.
-	if ep.conds.Load()&^s.tolerated == 0 && !s.gated && info.Avoid == nil {
+	if ep.conds.Load()&^s.tolerated == 0 && !s.gated {
 		return ep, nil
 	}
-	return e.repick(info, s, ep)
+	return e.repick(info, s, ep, nil)
+}
+
+// PickAvoiding is Pick for a retry: it does not return an endpoint of avoid
+// (those the request has tried already: Envoy's previous-hosts predicate)
+// while another eligible one admits the request. It asks the picker a few
+// times, then scans the eligible endpoints from a random start; when every
+// one is avoided (or at its limit) it returns one of them rather than fail.
+// Pickers never see avoid. With an empty avoid it is Pick; a request's first
+// attempt calls Pick, whose path this leaves unchanged.
+func (e *Engine) PickAvoiding(info PickInfo, avoid []*Endpoint) (*Endpoint, error) {
+	if len(avoid) == 0 {
+		return e.Pick(info)
+	}
+	s := e.snap.Load()
+	if s.picker == nil {
+		return e.pickFailed(info, s, s.err, avoid)
+	}
+	ep, err := s.picker.Pick(info)
+	if err != nil {
+		return e.pickFailed(info, s, err, avoid)
+	}
+	e.count(s, ep)
+	return e.repick(info, s, ep, avoid)
 }
 
 // avoided reports whether ep is in avoid.
@@ -324,11 +347,11 @@ func avoided(avoid []*Endpoint, ep *Endpoint) bool {
 
 // pickFailed applies the rules for a pick from s that found no endpoint: fail at
 // once, or wait for the first answer or for endpoints.
-func (e *Engine) pickFailed(info PickInfo, s *snapshot, err error) (*Endpoint, error) {
+func (e *Engine) pickFailed(info PickInfo, s *snapshot, err error, avoid []*Endpoint) (*Endpoint, error) {
 	if !s.pending && (s.mode.waitForEndpoints == 0 || !waitable(err)) {
 		return nil, err
 	}
-	return e.pickSlow(info, s, err)
+	return e.pickSlow(info, s, err, avoid)
 }
 
 // waitable reports whether a pick that failed with err may wait for endpoints.
@@ -342,23 +365,23 @@ func waitable(err error) bool {
 // count back and picks again: from a snapshot that no longer offers a
 // removed or conditioned endpoint, or, when ep is only at its limit, up to a
 // few more times and then by a scan for any endpoint under the limit.
-func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, error) {
+func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint, avoid []*Endpoint) (*Endpoint, error) {
 	busy := 0 // picks that found their endpoint at its limit, or avoided
 	for {
 		if ep.conds.Load()&^s.tolerated == 0 {
-			if info.Avoid != nil && len(s.endpoints) > 1 && avoided(info.Avoid, ep) {
+			if avoid != nil && len(s.endpoints) > 1 && avoided(avoid, ep) {
 				// Tried already: pick again a few times, then scan for one
 				// not tried, and take a tried one only if none is left.
 				e.release(ep)
 				if busy++; busy >= min(len(s.endpoints), 4) {
-					return e.scanAvoiding(s, info.Avoid)
+					return e.scanAvoiding(s, avoid)
 				}
 			} else if e.admit(s, ep) {
 				return ep, nil
 			} else {
 				e.release(ep)
 				if busy++; busy >= min(len(s.endpoints), 4) {
-					return e.scanAvoiding(s, info.Avoid)
+					return e.scanAvoiding(s, avoid)
 				}
 			}
 		} else {
@@ -379,12 +402,12 @@ func (e *Engine) repick(info PickInfo, s *snapshot, ep *Endpoint) (*Endpoint, er
 				}
 			}
 			if s = e.snap.Load(); s.picker == nil {
-				return e.pickFailed(info, s, s.err)
+				return e.pickFailed(info, s, s.err, avoid)
 			}
 		}
 		var err error
 		if ep, err = s.picker.Pick(info); err != nil {
-			return e.pickFailed(info, s, err)
+			return e.pickFailed(info, s, err, avoid)
 		}
 		e.count(s, ep)
 	}
@@ -501,7 +524,7 @@ func (e *Engine) releaseTotal(ep *Endpoint) {
 // pickSlow waits for the feed's first answer (while s is pending) or for a
 // snapshot with endpoints (Config.WaitForEndpoints); err is why the last pick
 // failed.
-func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, error) {
+func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error, avoid []*Endpoint) (*Endpoint, error) {
 	ctx := info.Ctx
 	if ctx == nil {
 		ctx = context.Background()
@@ -557,10 +580,10 @@ func (e *Engine) pickSlow(info PickInfo, s *snapshot, err error) (*Endpoint, err
 			continue
 		}
 		e.count(s, ep)
-		if ep.conds.Load()&^s.tolerated == 0 && !s.gated && info.Avoid == nil {
+		if ep.conds.Load()&^s.tolerated == 0 && !s.gated && avoid == nil {
 			return ep, nil
 		}
-		return e.repick(info, s, ep)
+		return e.repick(info, s, ep, avoid)
 	}
 }
 

@@ -23,14 +23,6 @@ type PickInfo struct {
 	Hash uint64
 	// HasHash says the request carries an affinity key.
 	HasHash bool
-	// Avoid lists endpoints the pick should not return while another
-	// eligible one exists: those a retrying request has already tried
-	// (Envoy's previous-hosts predicate). nil on a request's first attempt,
-	// which then costs what it always did. The engine enforces it, re-picking
-	// a few times and then scanning from a random start; pickers may ignore
-	// it. When every eligible endpoint is avoided (or at its limit), the pick
-	// returns one of them rather than fail.
-	Avoid []*Endpoint
 }
 
 // A Picker chooses an endpoint for a request. A picker is built for one immutable
