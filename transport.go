@@ -289,6 +289,10 @@ func (t *Transport) lookup(host string) *service {
 // endpoint; the context's error when the request's
 // context ends before or during the exchange; otherwise the base transport's
 // error, wrapped with the endpoint's address.
+//
+// With a retry policy (the service's Config.Retry), a failed attempt is sent
+// again to another endpoint when the policy lists its outcome and the retry is
+// safe; the answer is the last attempt's (see the README's "Retries").
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	svc := t.lookup(req.URL.Host)
 	if svc == nil {

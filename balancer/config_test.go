@@ -756,3 +756,26 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// The retry section as issue 11 and the README write it parses, every field
+// in place.
+func TestParseConfigRetryContract(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"retry": {"maxAttempts": 3, "perTryTimeout": "500ms",
+		"retryOn": ["connect_error", "reset", "gateway_error", "overloaded", "timeout"],
+		"retryableStatuses": [502, 503, 504], "retryableCodes": ["UNAVAILABLE"],
+		"backoff": {"base": "25ms", "max": "1s", "jitter": "full"},
+		"budget": {"ratio": 0.2, "minPerSecond": 10, "window": "10s"},
+		"hedge": {"delay": "p95", "maxExtra": 1}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Retry
+	if r == nil || r.MaxAttempts != 3 || r.PerTryTimeout != 500*time.Millisecond || len(r.RetryOn) != 5 ||
+		len(r.RetryableStatuses) != 3 || r.Backoff.Max != time.Second || *r.Budget.Ratio != 0.2 || r.Hedge.MaxExtra != 1 {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, err := ParseConfig([]byte(`{"retry": {"backoff": {"base": "2s", "max": "1s"}}}`)); err == nil ||
+		!strings.HasPrefix(err.Error(), "lodestar config: retry: backoff.max") {
+		t.Fatalf("max below base: %v", err)
+	}
+}
