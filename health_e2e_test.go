@@ -451,3 +451,33 @@ func TestE2EHealthyCheckEndsEjection(t *testing.T) {
 		t.Fatalf("ejection ended for %q; want the health check", ev.Why)
 	}
 }
+
+// With retries and ejection on, a hard-down endpoint among four costs the
+// callers nothing: 10,000 idempotent requests, 0 failures (the attempts that
+// hit the dead endpoint before its ejection are retried on another one).
+func TestE2EHardDownWithRetriesZeroFailures(t *testing.T) {
+	fs, eps := flakyFleet(t, 4)
+	tr, _ := transportJSON(t, eps, `{"retry": {"maxAttempts": 3},
+		"outlierDetection": {"consecutiveLocalOriginFailures": 3, "interval": "50ms", "baseEjectionTime": "200ms", "maxEjectionPercent": 50}}`)
+	c := &http.Client{Transport: tr}
+	fs[3].srv.Close() // refuses connections throughout: ejected, then tried again after each ejection
+	var failed int
+	var first error
+	for range 10_000 {
+		if _, code, err := send(c); err != nil || code != http.StatusOK {
+			if failed++; first == nil {
+				first = fmt.Errorf("status %d, %v", code, err)
+			}
+		}
+	}
+	if failed != 0 {
+		t.Fatalf("%d of 10,000 requests failed; first: %v", failed, first)
+	}
+	var served int64
+	for _, f := range fs[:3] {
+		served += f.served.Load()
+	}
+	if served != 10_000 {
+		t.Fatalf("the live endpoints served %d requests; want each of the 10,000 once", served)
+	}
+}
