@@ -29,6 +29,7 @@ type flaky struct {
 	inflight atomic.Int64
 	maxSeen  atomic.Int64
 	delay    atomic.Int64  // service time in ns: the backend's latency
+	pauseMe  atomic.Bool   // answer the next request 503 with Retry-After: 1
 	hold     chan struct{} // when not nil, requests wait for it
 }
 
@@ -47,6 +48,11 @@ func newFlaky(t *testing.T, name string) *flaky {
 		for m := f.maxSeen.Load(); n > m && !f.maxSeen.CompareAndSwap(m, n); m = f.maxSeen.Load() {
 		}
 		f.served.Add(1)
+		if f.pauseMe.CompareAndSwap(true, false) {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		if d := f.delay.Load(); d > 0 {
 			time.Sleep(time.Duration(d)) // service time, not synchronisation
 		}
@@ -479,5 +485,42 @@ func TestE2EHardDownWithRetriesZeroFailures(t *testing.T) {
 	}
 	if served != 10_000 {
 		t.Fatalf("the live endpoints served %d requests; want each of the 10,000 once", served)
+	}
+}
+
+// An endpoint that answers 503 with Retry-After gets no new picks for that
+// long, while the others serve, and comes back after it.
+func TestE2ERetryAfterPausesEndpoint(t *testing.T) {
+	fs, eps := flakyFleet(t, 2)
+	tr, e := transportJSON(t, eps, `{}`)
+	evs := events(t, e)
+	c := &http.Client{Transport: tr}
+	f0 := fs[0]
+	f0.pauseMe.Store(true)
+	for f0.served.Load() == 0 { // round robin reaches f0 within two requests
+		send(c)
+	}
+	paused := waitEvent(t, evs, "the pause", func(ev balancer.Event) bool {
+		return ev.Address == f0.addr() && ev.New&balancer.Paused != 0
+	})
+	if !strings.Contains(paused.Why, "Retry-After") {
+		t.Fatalf("paused for %q", paused.Why)
+	}
+	for range 20 {
+		if body, _, err := send(c); err != nil || body != "f1" {
+			t.Fatalf("while f0 is paused: %q, %v; want f1", body, err)
+		}
+	}
+	if n := f0.served.Load(); n != 1 {
+		t.Fatalf("the paused endpoint served %d requests; want only the one that paused it", n)
+	}
+	waitEvent(t, evs, "the end of the pause", func(ev balancer.Event) bool {
+		return ev.Address == f0.addr() && ev.Old&balancer.Paused != 0 && ev.New&balancer.Paused == 0
+	})
+	for range 4 {
+		send(c)
+	}
+	if f0.served.Load() < 2 {
+		t.Fatal("f0 got no request after its pause")
 	}
 }

@@ -329,6 +329,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return svc.send(ctx, req, ep)
 }
 
+// pauseFor keeps ep out of new picks for as long as its Retry-After asks
+// (bounded by balancer.MaxPause), so the other endpoints serve meanwhile.
+func (s *service) pauseFor(ep *balancer.Endpoint, resp *http.Response) {
+	if v := resp.Header.Get("Retry-After"); v != "" {
+		if d, ok := retry.ParseRetryAfter(v, time.Now()); ok {
+			s.engine.Pause(ep.Address(), d, fmt.Sprintf("HTTP %d with Retry-After", resp.StatusCode))
+		}
+	}
+}
+
 // call is everything one attempt needs, in one allocation: the outgoing copy of
 // the request and its URL, and the response body wrapper that reports the
 // outcome when the body is done (trackedBody, or upgradedBody for a 101's
@@ -413,6 +423,9 @@ func (s *service) attempt(ctx context.Context, req *http.Request, ep *balancer.E
 	c.class = s.classify(ctx, resp, nil)
 	c.code = int16(resp.StatusCode)
 	resp.Request = req
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		s.pauseFor(ep, resp)
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The upgraded connection is the caller's until it closes it: in
 		// flight until then, so that a drain neither ends nor closes it.

@@ -24,6 +24,9 @@ const (
 	Ejected
 	// BreakerOpen: the endpoint's circuit breaker is open.
 	BreakerOpen
+	// Paused: the endpoint asked for a pause (an HTTP Retry-After on a 429 or
+	// 503) and gets no new picks until it is over (Engine.Pause).
+	Paused
 	// removed: discovery dropped the endpoint; it drains.
 	removed
 )
@@ -32,7 +35,7 @@ const (
 var conditionNames = []struct {
 	c    Condition
 	name string
-}{{NotConnected, "not connected"}, {Unhealthy, "unhealthy"}, {Ejected, "ejected"}, {BreakerOpen, "breaker open"}}
+}{{NotConnected, "not connected"}, {Unhealthy, "unhealthy"}, {Ejected, "ejected"}, {BreakerOpen, "breaker open"}, {Paused, "paused"}}
 
 // String names the conditions in c, joined by "+", or "eligible" when none holds.
 func (c Condition) String() string {

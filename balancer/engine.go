@@ -83,8 +83,9 @@ type Engine struct {
 
 	ev events // the subscribers and the queue of events to deliver
 
-	prot *protection // outlier detection, active checks, breakers
-	hcMu sync.Mutex  // serializes syncChecker
+	prot   *protection          // outlier detection, active checks, breakers
+	pauses map[*Endpoint]*pause // running pauses (Pause)
+	hcMu   sync.Mutex           // serializes syncChecker
 
 	cancel context.CancelFunc // stops the feed started by Start
 	unsub  func()             // ends a Subscriber feed's subscription
@@ -153,6 +154,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		opts:      opts,
 		endpoints: map[string]*Endpoint{},
 		draining:  map[string]*Endpoint{},
+		pauses:    map[*Endpoint]*pause{},
 	}
 	e.mu.Lock()
 	e.setProtectionLocked(cfg)
@@ -264,6 +266,10 @@ func (e *Engine) Close() error {
 	}
 	e.closed = true
 	checker := e.stopProtectionLocked()
+	for ep, p := range e.pauses {
+		p.timer.Stop()
+		delete(e.pauses, ep)
+	}
 	cancel, unsub := e.cancel, e.unsub
 	e.publishLocked(&snapshot{mode: e.mode.Load(), err: ErrClosed, changed: make(chan struct{})})
 	e.mu.Unlock()
@@ -788,6 +794,62 @@ func (e *Engine) setConditionLocked(ep *Endpoint, c Condition, on bool, why stri
 	return true
 }
 
+// MaxPause bounds Engine.Pause.
+const MaxPause = time.Minute
+
+// Pause keeps the endpoint at addr out of new picks for d (at most MaxPause),
+// with the Paused condition: the front doors call it when an endpoint answers
+// that it is overloaded and says for how long (HTTP Retry-After on a 429 or
+// 503), so the others serve meanwhile. A later Pause extends it; the pause
+// ends on its own. It reports whether the endpoint is known.
+func (e *Engine) Pause(addr string, d time.Duration, why string) bool {
+	d = min(d, MaxPause)
+	if d <= 0 {
+		return false
+	}
+	e.mu.Lock()
+	ep, ok := e.endpoints[addr]
+	if !ok || e.closed {
+		e.mu.Unlock()
+		return ok
+	}
+	until := time.Now().Add(d)
+	if old, ok := e.pauses[ep]; ok && old.until.After(until) {
+		e.mu.Unlock()
+		return true
+	} else if ok {
+		old.timer.Stop()
+	}
+	p := &pause{until: until}
+	p.timer = time.AfterFunc(d, func() { e.endPause(ep, p) })
+	e.pauses[ep] = p
+	if e.setConditionLocked(ep, Paused, true, fmt.Sprintf("%s: paused for %v", why, d)) {
+		e.rebuildLocked()
+	}
+	e.mu.Unlock()
+	e.dispatch()
+	return true
+}
+
+// pause is an endpoint's running pause.
+type pause struct {
+	until time.Time
+	timer *time.Timer
+}
+
+// endPause lifts p, unless a later Pause replaced it.
+func (e *Engine) endPause(ep *Endpoint, p *pause) {
+	e.mu.Lock()
+	if e.pauses[ep] == p {
+		delete(e.pauses, ep)
+		if !e.closed && e.setConditionLocked(ep, Paused, false, "pause over") {
+			e.rebuildLocked()
+		}
+	}
+	e.mu.Unlock()
+	e.dispatch()
+}
+
 // Panicking reports whether the engine is in panic (see Config.PanicThreshold).
 func (e *Engine) Panicking() bool { return e.snap.Load().tolerated != 0 }
 
@@ -837,7 +899,10 @@ func (e *Engine) rebuildLocked() {
 		if ep.eligible() {
 			eligible = append(eligible, ep)
 		}
-		if Condition(ep.conds.Load())&NotConnected == 0 {
+		// Not connected, breaker-open and paused endpoints are outside the
+		// count: they are out by the front door's or their own say, which
+		// panic does not override.
+		if Condition(ep.conds.Load())&(NotConnected|BreakerOpen|Paused) == 0 {
 			connected++
 		}
 	}
@@ -846,7 +911,7 @@ func (e *Engine) rebuildLocked() {
 	if m.panicThreshold > 0 && connected > 0 && float64(usable)*100 < m.panicThreshold*float64(connected) {
 		// Panic: too few usable endpoints to carry the load; spread it over
 		// every connected one instead (Envoy's panic threshold).
-		tolerated = Unhealthy | Ejected | BreakerOpen
+		tolerated = Unhealthy | Ejected
 		eligible = eligible[:0]
 		for _, ep := range all {
 			if Condition(ep.conds.Load())&^tolerated == 0 {
