@@ -33,8 +33,8 @@ type protectionVariant struct {
 
 var protectionVariants = []protectionVariant{
 	{"plain", ``},
-	// Defaults: consecutive failures 5, consecutive gateway failures 5 (the
-	// local-origin detector is off by default), interval 10s.
+	// Defaults: consecutive failures 5 (the gateway and local-origin
+	// detectors are off), interval 10s, no interval detector.
 	{"outlier", `"outlierDetection": {}`},
 	// Every detector on: the interval detectors add the latency histogram to
 	// Done; success rate and failure percentage read the interval counters
