@@ -312,6 +312,16 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 // engine; a change reconfigures it in place (Engine.Reconfigure), so the
 // endpoint set, conditions and statistics stay.
 func (p *policy) configureLocked(cfg *lbConfig) error {
+	if cfg.cfg.Retry != nil && cfg.key != p.cfgKey {
+		// The same JSON is valid through both doors, but the gRPC door has no
+		// retry loop yet: say so rather than let the section look applied.
+		logger := p.opts.Logger
+		if logger == nil {
+			logger = slog.Default()
+		}
+		logger.Warn("lodestar: the retry section is not applied through the gRPC door yet (use grpc's retryPolicy meanwhile)",
+			"target", resolver.Redact(p.service))
+	}
 	if p.eng != nil {
 		if cfg.key == p.cfgKey {
 			return nil
