@@ -15,16 +15,13 @@ import (
 	"github.com/lodestar-go/lodestar/retry"
 )
 
-type idempotentKey struct{}
-
 // WithIdempotent marks the requests made with the returned context as
 // idempotent: a service with retries (Config.Retry) may then send them again
 // after they may have reached a server, whatever their method, as it does
 // GET, HEAD, OPTIONS, PUT, DELETE and TRACE requests and requests with an
 // Idempotency-Key header. Mark only requests that are harmless to repeat.
-func WithIdempotent(ctx context.Context) context.Context {
-	return context.WithValue(ctx, idempotentKey{}, true)
-}
+// It is retry.WithIdempotent, the mark the gRPC door reads too.
+func WithIdempotent(ctx context.Context) context.Context { return retry.WithIdempotent(ctx) }
 
 // PerTryTimeoutError is the error of an attempt that the retry policy's
 // perTryTimeout cut before its response headers arrived (outcome.Timeout).
@@ -76,7 +73,7 @@ func (s *service) retry(ctx context.Context, req *http.Request, ep *balancer.End
 	if hasBody && req.GetBody == nil {
 		return resp, err // the body was consumed and cannot be replayed
 	}
-	idempotent := retry.Idempotent(req.Method, req.Header) || ctx.Value(idempotentKey{}) != nil
+	idempotent := retry.Idempotent(req.Method, req.Header) || retry.IsIdempotent(ctx)
 	var tried []*balancer.Endpoint
 	var prev time.Duration
 	for n := 1; n < p.MaxAttempts(); n++ {
