@@ -257,6 +257,10 @@ type policy struct {
 	states *gresolver.EndpointMap[*endpointState]
 	byKey  map[string]*endpointState
 	closed bool
+	retry  *channelRetry // the config's retry section, compiled; nil without one
+	// unretried is set once the policy has warned that a call came without
+	// the retry interceptor while the config has a retry section.
+	unretried atomic.Bool
 }
 
 // UpdateClientConnState takes a new resolver state and config: it applies the
@@ -312,15 +316,14 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 // engine; a change reconfigures it in place (Engine.Reconfigure), so the
 // endpoint set, conditions and statistics stay.
 func (p *policy) configureLocked(cfg *lbConfig) error {
-	if cfg.cfg.Retry != nil && cfg.key != p.cfgKey {
-		// The same JSON is valid through both doors, but the gRPC door has no
-		// retry loop yet: say so rather than let the section look applied.
-		logger := p.opts.Logger
-		if logger == nil {
-			logger = slog.Default()
+	if cfg.key != p.cfgKey || p.eng == nil {
+		// A new retry section gets a new policy and budget; an unchanged
+		// config keeps both.
+		ch, err := newChannelRetry(cfg.cfg.Retry, p.opts.Rand)
+		if err != nil {
+			return err
 		}
-		logger.Warn("lodestar: the retry section is not applied through the gRPC door yet (use grpc's retryPolicy meanwhile)",
-			"target", resolver.Redact(p.service))
+		p.retry = ch
 	}
 	if p.eng != nil {
 		if cfg.key == p.cfgKey {
@@ -521,7 +524,24 @@ func (p *policy) publishLocked(connErr error) {
 		mdKey:    aff.Metadata,
 		clientIP: aff.ClientIP,
 		connErr:  connErr,
+		retry:    p.retry,
+		policy:   p,
 	}})
+}
+
+// warnUnretried logs, once per channel, that the channel's config has a
+// retry section but its calls come without the retry interceptor, which
+// applies it.
+func (p *policy) warnUnretried() {
+	if p.unretried.Swap(true) {
+		return
+	}
+	logger := p.opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger.Warn("lodestar: the config's retry section applies to calls made with the retry interceptor (grpc.NewClient(..., grpcpolicy.WithRetries())); this channel's calls come without it",
+		"target", resolver.Redact(p.service))
 }
 
 // ResolverError passes a resolver error to the engine (it shows in
@@ -569,13 +589,28 @@ type picker struct {
 	mdKey    string // Affinity.Metadata
 	clientIP bool   // Affinity.ClientIP
 	connErr  error
+	retry    *channelRetry // the channel's retry section, or nil
+	policy   *policy
 }
 
 // Pick chooses an endpoint with the engine and a connection with its child.
 func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, error) {
 	pi := balancer.PickInfo{Ctx: info.Ctx}
 	pi.Hash, pi.HasHash = pk.affinityHash(info.Ctx)
-	ep, err := pk.eng.Pick(pi)
+	// A call through the retry interceptors carries a record: its picks
+	// avoid the endpoints it tried (see retry.go). Look for one only when
+	// the channel retries or an interceptor exists.
+	var cs *callState
+	if pk.retry != nil || interceptors.Load() {
+		cs = callStateOf(info.Ctx)
+	}
+	var ep *balancer.Endpoint
+	var err error
+	if cs != nil {
+		ep, err = pk.eng.PickAvoiding(pi, cs.avoid())
+	} else {
+		ep, err = pk.eng.Pick(pi)
+	}
 	if err != nil {
 		return grpcbalancer.PickResult{}, pk.pickError(err)
 	}
@@ -596,8 +631,13 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 		pk.eng.Done(ep, outcome.Outcome{Class: outcome.NotSent})
 		return grpcbalancer.PickResult{}, grpcbalancer.ErrNoSubConnAvailable
 	}
+	if cs != nil {
+		cs.picked(ep, pk.retry)
+	} else if pk.retry != nil {
+		pk.policy.warnUnretried()
+	}
 	c := callPool.Get().(*call)
-	c.eng, c.ep, c.ctx, c.method, c.classify = pk.eng, ep, info.Ctx, info.FullMethodName, pk.classify
+	c.eng, c.ep, c.ctx, c.method, c.classify, c.cs = pk.eng, ep, info.Ctx, info.FullMethodName, pk.classify, cs
 	c.childDone = res.Done
 	c.start = monotime.Now()
 	res.Done = c.done
@@ -679,6 +719,7 @@ type call struct {
 	method    string
 	classify  Classifier
 	childDone func(grpcbalancer.DoneInfo)
+	cs        *callState    // the call's retry record, or nil
 	start     time.Duration // monotime reading at the pick
 	done      func(grpcbalancer.DoneInfo)
 }
@@ -707,10 +748,25 @@ func (c *call) finish(di grpcbalancer.DoneInfo) {
 			o.Code = int(status.Code(di.Err))
 		}
 	}
+	var push time.Duration
+	var hasPush, noRetry bool
+	if di.Err != nil {
+		if push, hasPush, noRetry = readPushback(di); hasPush && push > 0 {
+			// The server asked for a pause (gRFC A6): the endpoint gets no
+			// picks meanwhile, whether or not the call is retried.
+			c.eng.Pause(c.ep.Address(), push, pushbackKey)
+		}
+	}
+	if c.cs != nil {
+		if c.cs.cutByPerTry() {
+			o.Class = outcome.Timeout // the endpoint was too slow, not the caller impatient
+		}
+		c.cs.finished(o, status.Code(di.Err), di.BytesSent, push, hasPush, noRetry)
+	}
 	c.eng.Done(c.ep, o)
 	if c.childDone != nil {
 		c.childDone(di)
 	}
-	c.eng, c.ep, c.ctx, c.method, c.classify, c.childDone = nil, nil, nil, "", nil, nil
+	c.eng, c.ep, c.ctx, c.method, c.classify, c.childDone, c.cs = nil, nil, nil, "", nil, nil, nil
 	callPool.Put(c)
 }
