@@ -375,4 +375,3 @@ func backoffWait(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
-

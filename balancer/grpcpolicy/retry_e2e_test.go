@@ -494,7 +494,6 @@ func TestNewRetriesRejectsBadOptions(t *testing.T) {
 	}
 }
 
-
 // syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
 type syncBuffer struct {
 	mu sync.Mutex
