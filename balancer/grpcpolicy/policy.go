@@ -600,14 +600,14 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 	// A call through the retry interceptors carries a record: its picks
 	// avoid the endpoints it tried (see retry.go). Look for one only when
 	// the channel retries or an interceptor exists.
-	var cs *callState
+	var as *attemptState
 	if pk.retry != nil || interceptors.Load() {
-		cs = callStateOf(info.Ctx)
+		as = attemptOf(info.Ctx)
 	}
 	var ep *balancer.Endpoint
 	var err error
-	if cs != nil {
-		ep, err = pk.eng.PickAvoiding(pi, cs.avoid())
+	if as != nil {
+		ep, err = pk.eng.PickAvoiding(pi, as.avoid())
 	} else {
 		ep, err = pk.eng.Pick(pi)
 	}
@@ -631,13 +631,13 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 		pk.eng.Done(ep, outcome.Outcome{Class: outcome.NotSent})
 		return grpcbalancer.PickResult{}, grpcbalancer.ErrNoSubConnAvailable
 	}
-	if cs != nil {
-		cs.picked(ep, pk.retry)
+	if as != nil {
+		as.picked(ep, pk.retry)
 	} else if pk.retry != nil {
 		pk.policy.warnUnretried()
 	}
 	c := callPool.Get().(*call)
-	c.eng, c.ep, c.ctx, c.method, c.classify, c.cs = pk.eng, ep, info.Ctx, info.FullMethodName, pk.classify, cs
+	c.eng, c.ep, c.ctx, c.method, c.classify, c.as = pk.eng, ep, info.Ctx, info.FullMethodName, pk.classify, as
 	c.childDone = res.Done
 	c.start = monotime.Now()
 	res.Done = c.done
@@ -719,7 +719,7 @@ type call struct {
 	method    string
 	classify  Classifier
 	childDone func(grpcbalancer.DoneInfo)
-	cs        *callState    // the call's retry record, or nil
+	as        *attemptState // the attempt's retry record, or nil
 	start     time.Duration // monotime reading at the pick
 	done      func(grpcbalancer.DoneInfo)
 }
@@ -757,16 +757,16 @@ func (c *call) finish(di grpcbalancer.DoneInfo) {
 			c.eng.Pause(c.ep.Address(), push, pushbackKey)
 		}
 	}
-	if c.cs != nil {
-		if c.cs.cutByPerTry() {
+	if c.as != nil {
+		if c.as.cutByPerTry() {
 			o.Class = outcome.Timeout // the endpoint was too slow, not the caller impatient
 		}
-		c.cs.finished(o, status.Code(di.Err), di.BytesSent, push, hasPush, noRetry)
+		c.as.finished(o, status.Code(di.Err), di.BytesSent, push, hasPush, noRetry)
 	}
 	c.eng.Done(c.ep, o)
 	if c.childDone != nil {
 		c.childDone(di)
 	}
-	c.eng, c.ep, c.ctx, c.method, c.classify, c.childDone, c.cs = nil, nil, nil, "", nil, nil, nil
+	c.eng, c.ep, c.ctx, c.method, c.classify, c.childDone, c.as = nil, nil, nil, "", nil, nil, nil
 	callPool.Put(c)
 }

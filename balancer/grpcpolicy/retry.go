@@ -3,15 +3,18 @@ package grpcpolicy
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"google.golang.org/grpc"
 	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/lodestar-go/lodestar/balancer"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
@@ -37,8 +40,8 @@ import (
 // own retries (a service config's retryPolicy) and its transparent retries go
 // to another endpoint too, as long as the call went through an interceptor.
 
-// callKey is the context key of a call's record.
-type callKey struct{}
+// attemptKey is the context key of an attempt's record.
+type attemptKey struct{}
 
 // interceptors is set once any retry interceptor exists, so that pickers of
 // channels without a retry section look for a call record only then.
@@ -46,22 +49,26 @@ var interceptors atomic.Bool
 
 // callState is one call's retry record, shared by the interceptor and the
 // picks and Done callbacks of the call's attempts (grpc may run a Done and
-// the next pick on other goroutines; mu orders them).
+// the next pick on other goroutines, and hedges run at once; mu orders
+// them). It guards the fields of the call's attempts too.
 type callState struct {
 	mu      sync.Mutex
 	tried   []*balancer.Endpoint
 	triedA  [4]*balancer.Endpoint // tried's first backing array
 	channel *channelRetry         // the channel's retry section, told by the first pick
 	stream  bool                  // a stream call: its record only steers grpc's own retries
+	perTry  time.Duration         // the per-try timeout, once known
+	first   attemptState          // the first attempt's record, to save an allocation
+}
 
-	// The current attempt: its per-try timeout, armed at its first pick
-	// once the policy is known.
-	perTry   time.Duration
+// attemptState is one attempt's record (fields under call.mu): its per-try
+// timer, armed at its first pick once the policy is known, and its outcome,
+// recorded by its Done.
+type attemptState struct {
+	call     *callState
 	cancel   context.CancelFunc
 	timer    *time.Timer
 	timedOut bool
-
-	// The last attempt's outcome, recorded by its Done.
 	done     bool
 	class    outcome.Class
 	code     codes.Code
@@ -69,20 +76,22 @@ type callState struct {
 	pushback time.Duration
 	hasPush  bool
 	noRetry  bool // the server's pushback said not to retry
+	latency  time.Duration
 }
 
-// callStateOf returns the call record in ctx, or nil.
-func callStateOf(ctx context.Context) *callState {
+// attemptOf returns the attempt record in ctx, or nil.
+func attemptOf(ctx context.Context) *attemptState {
 	if ctx == nil {
 		return nil
 	}
-	cs, _ := ctx.Value(callKey{}).(*callState)
-	return cs
+	as, _ := ctx.Value(attemptKey{}).(*attemptState)
+	return as
 }
 
-// picked records that a pick of the call chose ep on a channel whose retry
+// picked records that a pick of the attempt chose ep on a channel whose retry
 // section is ch (nil when it has none), and arms the per-try timeout.
-func (cs *callState) picked(ep *balancer.Endpoint, ch *channelRetry) {
+func (as *attemptState) picked(ep *balancer.Endpoint, ch *channelRetry) {
+	cs := as.call
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.tried == nil {
@@ -95,69 +104,93 @@ func (cs *callState) picked(ep *balancer.Endpoint, ch *channelRetry) {
 	if cs.perTry == 0 && ch != nil && !cs.stream {
 		cs.perTry = ch.policy.PerTryTimeout()
 	}
-	cs.armLocked()
+	as.armLocked()
 }
 
 // avoid returns the endpoints the call has tried, for the next pick.
-func (cs *callState) avoid() []*balancer.Endpoint {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	return cs.tried
+func (as *attemptState) avoid() []*balancer.Endpoint {
+	as.call.mu.Lock()
+	defer as.call.mu.Unlock()
+	return as.call.tried
 }
 
-// armLocked starts the current attempt's per-try timer, once.
-func (cs *callState) armLocked() {
-	if cs.perTry <= 0 || cs.cancel == nil || cs.timer != nil {
+// armLocked starts the attempt's per-try timer, once.
+func (as *attemptState) armLocked() {
+	if as.call.perTry <= 0 || as.cancel == nil || as.timer != nil {
 		return
 	}
-	cancel := cs.cancel
-	cs.timer = time.AfterFunc(cs.perTry, func() {
-		cs.mu.Lock()
-		cs.timedOut = true
-		cs.mu.Unlock()
+	cancel := as.cancel
+	as.timer = time.AfterFunc(as.call.perTry, func() {
+		as.call.mu.Lock()
+		as.timedOut = true
+		as.call.mu.Unlock()
 		cancel()
 	})
 }
 
-// begin starts an attempt whose context cancel ends.
-func (cs *callState) begin(cancel context.CancelFunc) {
+// begin starts attempt as, whose context cancel ends, and returns that
+// context carrying it.
+func (cs *callState) begin(ctx context.Context, as *attemptState) context.Context {
+	actx, cancel := context.WithCancel(ctx)
 	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	cs.cancel, cs.timer, cs.timedOut, cs.done = cancel, nil, false, false
-	cs.armLocked()
+	*as = attemptState{call: cs, cancel: cancel}
+	as.armLocked()
+	cs.mu.Unlock()
+	return context.WithValue(actx, attemptKey{}, as)
 }
 
-// end stops the attempt's timer and reports whether it cut the attempt.
-func (cs *callState) end() (timedOut bool) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if cs.timer != nil {
-		cs.timer.Stop()
+// end stops the attempt's timer, ends its context and returns its record as
+// it stands (the Done of an attempt runs before its invoker returns).
+func (as *attemptState) end() attemptState {
+	as.call.mu.Lock()
+	defer as.call.mu.Unlock()
+	if as.timer != nil {
+		as.timer.Stop()
 	}
-	cs.cancel, cs.timer = nil, nil
-	return cs.timedOut
+	if as.cancel != nil {
+		as.cancel()
+	}
+	as.cancel, as.timer = nil, nil
+	return *as
 }
 
 // finished records an attempt's outcome (from its Done).
-func (cs *callState) finished(o outcome.Outcome, code codes.Code, sent bool, push time.Duration, hasPush, noRetry bool) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	cs.done, cs.class, cs.code, cs.sent = true, o.Class, code, sent
-	cs.pushback, cs.hasPush, cs.noRetry = push, hasPush, noRetry
+func (as *attemptState) finished(o outcome.Outcome, code codes.Code, sent bool, push time.Duration, hasPush, noRetry bool) {
+	as.call.mu.Lock()
+	defer as.call.mu.Unlock()
+	as.done, as.class, as.code, as.sent = true, o.Class, code, sent
+	as.pushback, as.hasPush, as.noRetry, as.latency = push, hasPush, noRetry, o.Latency
 }
 
-// cutByPerTry reports whether the current attempt's per-try timer fired.
-func (cs *callState) cutByPerTry() bool {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	return cs.timedOut
+// cutByPerTry reports whether the attempt's per-try timer fired.
+func (as *attemptState) cutByPerTry() bool {
+	as.call.mu.Lock()
+	defer as.call.mu.Unlock()
+	return as.timedOut
 }
 
 // channelRetry is a channel's retry section, compiled, with its budget.
 type channelRetry struct {
-	policy *retry.Policy
-	budget *retry.Budget
+	policy   *retry.Policy
+	budget   *retry.Budget
+	hedge    bool          // the policy hedges
+	fixed    time.Duration // the hedge delay, when fixed
+	pct      float64       // the hedge delay's percentile, when not
+	maxExtra int
+	hedges   atomic.Int64 // hedges sent
 }
+
+// hedgeDelay returns how long a call waits before its next hedge, and false
+// when it is not to hedge (no delay known yet).
+func (ch *channelRetry) hedgeDelay() (time.Duration, bool) {
+	if ch.fixed > 0 {
+		return ch.fixed, true
+	}
+	return 0, false
+}
+
+// observe records an attempt's latency for the percentile hedge delay.
+func (ch *channelRetry) observe(class outcome.Class, d time.Duration) {}
 
 // newChannelRetry compiles a channel's retry section (nil when it has none).
 func newChannelRetry(c *retry.Config, rnd func() uint64) (*channelRetry, error) {
@@ -168,7 +201,11 @@ func newChannelRetry(c *retry.Config, rnd func() uint64) (*channelRetry, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &channelRetry{policy: p, budget: p.NewBudget(nil)}, nil
+	ch := &channelRetry{policy: p, budget: p.NewBudget(nil)}
+	if h, ok := p.Hedge(); ok {
+		ch.hedge, ch.fixed, ch.pct, ch.maxExtra = true, h.Delay, h.Percentile, h.MaxExtra
+	}
+	return ch, nil
 }
 
 // pushbackKey is gRFC A6's server pushback trailer.
@@ -220,6 +257,7 @@ type RetryOptions struct {
 // up to the product of their maxAttempts.
 type Retries struct {
 	fixed      *channelRetry
+	channels   sync.Map // weak.Pointer[grpc.ClientConn] → *channelRetry: a hedging section a channel's call met
 	idempotent map[string]bool
 	services   []string
 }
@@ -287,12 +325,13 @@ func (r *Retries) idempotentMethod(method string) bool {
 func (r *Retries) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		cs := &callState{stream: true}
-		return streamer(context.WithValue(ctx, callKey{}, cs), desc, cc, method, opts...)
+		cs.first.call = cs
+		return streamer(context.WithValue(ctx, attemptKey{}, &cs.first), desc, cc, method, opts...)
 	}
 }
 
-// UnaryClientInterceptor returns the interceptor that retries unary calls;
-// see Retries.
+// UnaryClientInterceptor returns the interceptor that retries (and hedges)
+// unary calls; see Retries.
 func (r *Retries) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return r.unary
 }
@@ -300,60 +339,228 @@ func (r *Retries) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 // testHookBackoff, when set, is called as a retry starts waiting d.
 var testHookBackoff atomic.Pointer[func(d time.Duration)]
 
+// outcomeOf reads an ended attempt: its class, code and error, with a cut by
+// the per-try timeout turned into DEADLINE_EXCEEDED saying so.
+func outcomeOf(ctx context.Context, a attemptState, perTry time.Duration, err error) (outcome.Class, codes.Code, error) {
+	class, code := a.class, a.code
+	if a.timedOut && ctx.Err() == nil {
+		// The per-try timeout cut the attempt, not the caller.
+		class, code = outcome.Timeout, codes.DeadlineExceeded
+		err = status.Error(codes.DeadlineExceeded, fmt.Sprintf("lodestar: per-try timeout (%v) exceeded: %v", perTry, status.Convert(err).Message()))
+	}
+	return class, code, err
+}
+
 func (r *Retries) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	cs := &callState{}
-	if r.fixed != nil {
-		cs.channel = r.fixed
-		cs.perTry = r.fixed.policy.PerTryTimeout()
+	ch := r.fixed
+	if ch == nil {
+		if v, ok := r.channels.Load(weak.Make(cc)); ok {
+			ch = v.(*channelRetry)
+		}
 	}
-	ctx = context.WithValue(ctx, callKey{}, cs)
+	idempotent := retry.IsIdempotent(ctx) || r.idempotentMethod(method)
+	if ch != nil && ch.hedge && idempotent {
+		if m, ok := reply.(proto.Message); ok {
+			if r.fixed != nil {
+				cs.channel, cs.perTry = r.fixed, r.fixed.policy.PerTryTimeout()
+			}
+			err := r.hedged(ctx, cs, ch, method, req, m, cc, invoker, opts)
+			cs.mu.Lock()
+			met := cs.channel
+			cs.mu.Unlock()
+			if r.fixed == nil && met != ch && met != nil {
+				// The channel's configuration changed since: follow it.
+				if met.hedge {
+					r.learn(cc, met)
+				} else {
+					r.channels.Delete(weak.Make(cc))
+				}
+			}
+			return err
+		}
+	}
+	if r.fixed != nil {
+		cs.channel, cs.perTry = r.fixed, r.fixed.policy.PerTryTimeout()
+	}
 	var prev time.Duration
 	for n := 1; ; n++ {
-		actx, cancel := context.WithCancel(ctx)
-		cs.begin(cancel)
-		err := invoker(actx, method, req, reply, cc, opts...)
-		timedOut := cs.end()
-		cancel()
-
-		cs.mu.Lock()
-		ch, done, class, code, sent := cs.channel, cs.done, cs.class, cs.code, cs.sent
-		push, hasPush, noRetry, perTry := cs.pushback, cs.hasPush, cs.noRetry, cs.perTry
-		cs.mu.Unlock()
-		if timedOut && ctx.Err() == nil {
-			// The per-try timeout cut the attempt, not the caller.
-			class, code = outcome.Timeout, codes.DeadlineExceeded
-			err = status.Error(codes.DeadlineExceeded, fmt.Sprintf("lodestar: per-try timeout (%v) exceeded: %v", perTry, status.Convert(err).Message()))
+		as := &cs.first
+		if n > 1 {
+			as = new(attemptState)
 		}
+		err := invoker(cs.begin(ctx, as), method, req, reply, cc, opts...)
+		a := as.end()
+		cs.mu.Lock()
+		ch, perTry := cs.channel, cs.perTry
+		cs.mu.Unlock()
+		class, code, err := outcomeOf(ctx, a, perTry, err)
 		if ch == nil {
 			return err // a channel without a retry section: nothing to apply
 		}
 		if n == 1 {
 			ch.budget.Deposit()
+			if r.fixed == nil && ch.hedge {
+				r.learn(cc, ch)
+			}
 		}
-		if err == nil || !done || noRetry || n >= ch.policy.MaxAttempts() {
+		if a.done {
+			ch.observe(class, a.latency)
+		}
+		if err == nil || !a.done || a.noRetry || n >= ch.policy.MaxAttempts() ||
+			!ch.policy.Retryable(class, 0, code, a.sent, idempotent) {
 			// No Done record: the pick failed (no endpoint, overload); the
 			// engine already waited as configured, and a retry would meet
 			// the same answer.
 			return err
 		}
-		idempotent := retry.IsIdempotent(ctx) || r.idempotentMethod(method)
-		if !ch.policy.Retryable(class, 0, code, sent, idempotent) {
+		if prev, err = r.waitRetry(ctx, ch, n, prev, a, err); err != nil {
 			return err
 		}
-		var after time.Duration
-		if hasPush {
-			after = push
+	}
+}
+
+// learn remembers that cc's calls meet ch, so that its next calls can hedge
+// from their start (a call learns its channel's section only at its first
+// pick). The entry goes when cc is collected.
+func (r *Retries) learn(cc *grpc.ClientConn, ch *channelRetry) {
+	key := weak.Make(cc)
+	if v, loaded := r.channels.LoadOrStore(key, ch); !loaded {
+		runtime.AddCleanup(cc, func(k weak.Pointer[grpc.ClientConn]) { r.channels.Delete(k) }, key)
+	} else if v != ch {
+		r.channels.Store(key, ch)
+	}
+}
+
+// waitRetry makes the wait before retry n (the budget allowing, and the
+// caller's deadline leaving time for it): it returns the delay it waited, or
+// last (unchanged) when there is to be no retry, or the caller's error when
+// the context ended during the wait.
+func (r *Retries) waitRetry(ctx context.Context, ch *channelRetry, n int, prev time.Duration, a attemptState, last error) (time.Duration, error) {
+	var after time.Duration
+	if a.hasPush {
+		after = a.pushback
+	}
+	delay := ch.policy.Delay(n-1, prev, after)
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= delay {
+		return prev, last // the wait would outlive the caller
+	}
+	if !ch.budget.TryWithdraw() {
+		return prev, last
+	}
+	if werr := backoffWait(ctx, delay); werr != nil {
+		return prev, status.FromContextError(werr).Err()
+	}
+	return delay, nil
+}
+
+// attemptResult is what a hedged call's attempt ended with.
+type attemptResult struct {
+	as    *attemptState
+	reply proto.Message
+	err   error
+}
+
+// hedged runs an idempotent unary call with hedging: each attempt runs on
+// its own goroutine with its own reply message; after the hedge delay with
+// no answer, another attempt goes to an endpoint the call has not tried (up
+// to MaxExtra, each drawn from the budget); the first answer the policy does
+// not retry wins and is copied into reply, and the others are cancelled. A
+// retryable failure waits for the attempts still running, and retries (with
+// backoff, the budget and MaxAttempts) when none is. Nothing outlives the
+// call: on return every attempt has been cancelled, and each one's goroutine
+// ends when grpc returns from it.
+func (r *Retries) hedged(ctx context.Context, cs *callState, ch *channelRetry, method string, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+	results := make(chan attemptResult, ch.policy.MaxAttempts()+ch.maxExtra)
+	var running []*attemptState
+	launch := func(as *attemptState) {
+		rep := proto.Clone(reply)
+		proto.Reset(rep)
+		actx := cs.begin(ctx, as)
+		running = append(running, as)
+		go func() {
+			err := invoker(actx, method, req, rep, cc, opts...)
+			results <- attemptResult{as, rep, err}
+		}()
+	}
+	stopAll := func() {
+		for _, as := range running {
+			as.end()
 		}
-		delay := ch.policy.Delay(n-1, prev, after)
-		prev = delay
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= delay {
-			return err // the wait would outlive the caller
+	}
+	defer stopAll()
+
+	launch(&cs.first)
+	ch.budget.Deposit()
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	armHedge := func() {
+		if d, ok := ch.hedgeDelay(); ok {
+			if timer == nil {
+				timer = time.NewTimer(d)
+			} else {
+				timer.Reset(d)
+			}
+			timerC = timer.C
+		} else {
+			timerC = nil
 		}
-		if !ch.budget.TryWithdraw() {
-			return err
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
 		}
-		if werr := backoffWait(ctx, delay); werr != nil {
-			return status.FromContextError(werr).Err()
+	}()
+	armHedge()
+	retries, extras, inflight := 0, 0, 1
+	var prev time.Duration
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-timerC:
+			timerC = nil
+			if extras < ch.maxExtra && ch.budget.TryWithdraw() {
+				extras++
+				inflight++
+				ch.hedges.Add(1)
+				launch(new(attemptState))
+				armHedge()
+			}
+		case res := <-results:
+			inflight--
+			a := res.as.end()
+			cs.mu.Lock()
+			perTry := cs.perTry
+			cs.mu.Unlock()
+			class, code, err := outcomeOf(ctx, a, perTry, res.err)
+			if a.done {
+				ch.observe(class, a.latency)
+			}
+			if !a.done && err != nil && inflight > 0 {
+				continue // this attempt found no endpoint; another is running
+			}
+			if err == nil || !a.done || a.noRetry || !ch.policy.Retryable(class, 0, code, a.sent, true) {
+				if err == nil {
+					proto.Reset(reply)
+					proto.Merge(reply, res.reply)
+				}
+				return err // the first answer that is an answer wins
+			}
+			if inflight > 0 {
+				continue // another attempt may still answer
+			}
+			if retries+1 >= ch.policy.MaxAttempts() {
+				return err
+			}
+			var werr error
+			if prev, werr = r.waitRetry(ctx, ch, retries+1, prev, a, err); werr != nil {
+				return werr
+			}
+			retries++
+			inflight++
+			launch(new(attemptState))
+			armHedge()
 		}
 	}
 }

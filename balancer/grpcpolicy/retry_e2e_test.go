@@ -34,6 +34,7 @@ const (
 	answerReset       // reads the request, then drops the connection
 	answerHang        // waits for the call's end
 	answerPushback    // RESOURCE_EXHAUSTED with grpc-retry-pushback-ms
+	answerSlow        // answers after 30ms
 )
 
 // retryServer is a real gRPC server on 127.0.0.1 whose UnaryCall answers as
@@ -70,6 +71,13 @@ func (s *retryServer) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest
 		<-ctx.Done()
 		s.canceled.Add(1)
 		return nil, ctx.Err()
+	case answerSlow:
+		select {
+		case <-time.After(30 * time.Millisecond):
+		case <-ctx.Done():
+			s.canceled.Add(1)
+			return nil, ctx.Err()
+		}
 	case answerPushback:
 		grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", s.pushback))
 		return nil, status.Error(codes.ResourceExhausted, "slow down")
@@ -510,4 +518,98 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// hedgeClient is retryClient after one call, so that the interceptors know
+// the channel hedges (they learn a channel's section from its first call).
+func hedgeClient(t *testing.T, ss []*retryServer, cfg string, opts grpcpolicy.RetryOptions) (testgrpc.TestServiceClient, *balancer.Engine) {
+	t.Helper()
+	client, eng := retryClient(t, ss, cfg, opts)
+	if _, err := client.UnaryCall(context.Background(), &testgrpc.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ss {
+		s.calls.Store(0)
+	}
+	return client, eng
+}
+
+// A call whose endpoint does not answer within the hedge delay is hedged to
+// another endpoint; the hedge's answer wins and the slow attempt is
+// cancelled (its server sees its call end).
+func TestGRPCHedgeToAnotherEndpoint(t *testing.T) {
+	ss := startRetryServers(t, 5)
+	client, eng := hedgeClient(t, ss,
+		`{"algorithm":"ring_hash","retry":{"maxAttempts":2,"hedge":{"delay":"20ms","maxExtra":1}}}`,
+		grpcpolicy.RetryOptions{IdempotentMethods: []string{unaryMethod}})
+	slow := ss[3]
+	slow.mode.Store(answerHang)
+	ctx := balancer.WithAffinityKey(context.Background(), keyFor(t, eng, slow.addr))
+	const n = 20
+	for i := range n {
+		start := time.Now()
+		if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if el := time.Since(start); el > 5*time.Second {
+			t.Fatalf("call %d took %v: not hedged", i, el)
+		}
+	}
+	eventually(t, "every slow attempt to be cancelled", 5*time.Second, func() bool { return slow.canceled.Load() == n })
+	if got := totalCalls(ss); got != 2*n {
+		t.Errorf("servers saw %d calls, want %d (each call and its hedge)", got, 2*n)
+	}
+}
+
+// A call that is not idempotent is never hedged.
+func TestGRPCHedgeOnlyIdempotent(t *testing.T) {
+	ss := startRetryServers(t, 3)
+	client, eng := hedgeClient(t, ss,
+		`{"algorithm":"ring_hash","retry":{"maxAttempts":2,"perTryTimeout":"200ms","retryOn":[],"hedge":{"delay":"10ms"}}}`,
+		grpcpolicy.RetryOptions{})
+	slow := ss[0]
+	slow.mode.Store(answerHang)
+	ctx := balancer.WithAffinityKey(context.Background(), keyFor(t, eng, slow.addr))
+	_, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("err = %v, want the per-try timeout's DEADLINE_EXCEEDED", err)
+	}
+	if got := totalCalls(ss); got != 1 {
+		t.Fatalf("servers saw %d calls, want 1: a call that is not idempotent is not hedged", got)
+	}
+}
+
+// Hedges draw on the retry budget: with every endpoint slower than the hedge
+// delay, the hedges stay within ratio × calls + minPerSecond × (T + window).
+func TestGRPCHedgesWithinBudget(t *testing.T) {
+	ss := startRetryServers(t, 3)
+	client, _ := hedgeClient(t, ss,
+		`{"retry":{"maxAttempts":1,"budget":{"ratio":0.1,"minPerSecond":1,"window":"1s"},"hedge":{"delay":"1ms","maxExtra":3}}}`,
+		grpcpolicy.RetryOptions{IdempotentMethods: []string{unaryMethod}})
+	for _, s := range ss {
+		s.mode.Store(answerSlow)
+	}
+	const n = 200
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				if _, err := client.UnaryCall(context.Background(), &testgrpc.SimpleRequest{}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	hedges := totalCalls(ss) - n
+	bound := int64(0.1*n + 1*(secs+1) + 1)
+	t.Logf("%d calls, all slower than the hedge delay: %d hedges in %.1fs (bound %d; %d with maxExtra and no budget)", n, hedges, secs, bound, 3*n)
+	if hedges > bound {
+		t.Fatalf("%d hedges, above the budget's bound %d", hedges, bound)
+	}
+	if hedges == 0 {
+		t.Fatal("no hedge was sent")
+	}
 }
