@@ -13,14 +13,17 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/lodestar-go/lodestar"
 	"github.com/lodestar-go/lodestar/balancer"
+	"github.com/lodestar-go/lodestar/balancer/grpcpolicy"
 )
 
 // The README's gRPC imports, as written there.
@@ -177,6 +180,57 @@ func TestReadmeGRPCSnippet(t *testing.T) {
 			t.Fatalf("alice's RPC %d went to %s, the first to %s: ring_hash must stick", i, got, first)
 		}
 	}
+}
+
+// README.md's gRPC retry snippet, as written: with one of the two servers
+// answering UNAVAILABLE, every call succeeds on the other.
+func TestReadmeGRPCRetrySnippet(t *testing.T) {
+	serveGRPCFixed(t, "127.0.0.1:9091")
+	lis, err := net.Listen("tcp", "127.0.0.1:9092")
+	if err != nil {
+		t.Fatalf("the README's snippets use 127.0.0.1:9092, which is taken on this machine: %v", err)
+	}
+	down := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(down, unavailableServer{})
+	go down.Serve(lis)
+	defer down.Stop()
+
+	retries, err := grpcpolicy.NewRetries(grpcpolicy.RetryOptions{
+		// Safe to send twice: every method of this service.
+		IdempotentMethods: []string{"/grpc.testing.TestService/"},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	conn, err := grpc.NewClient("static:///127.0.0.1:9091,127.0.0.1:9092",
+		append(retries.DialOptions(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"lodestar": {
+		  "retry": {"maxAttempts": 3, "backoff": {"base": "25ms", "max": "1s"}}}}]}`))...)
+
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := testgrpc.NewTestServiceClient(conn)
+	for i := range 20 {
+		resp, err := client.UnaryCall(context.Background(), &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if resp.Hostname != "127.0.0.1:9091" {
+			t.Fatalf("call %d answered by %q", i, resp.Hostname)
+		}
+	}
+}
+
+// unavailableServer answers every call UNAVAILABLE.
+type unavailableServer struct {
+	testgrpc.UnimplementedTestServiceServer
+}
+
+func (unavailableServer) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	return nil, grpcstatus.Error(codes.Unavailable, "down")
 }
 
 // Every Go snippet of README.md and doc.go appears, as written, in this file,
