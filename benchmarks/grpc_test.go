@@ -19,7 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
-	_ "github.com/lodestar-go/lodestar/balancer/grpcpolicy"   // "lodestar"
+	"github.com/lodestar-go/lodestar/balancer/grpcpolicy"     // registers "lodestar"
 	_ "github.com/lodestar-go/lodestar/resolver/grpcresolver" // "static:///"
 )
 
@@ -217,5 +217,58 @@ func warmUp(b *testing.B, client testgrpc.TestServiceClient, ss []*benchServer) 
 		if all || time.Now().After(deadline) {
 			return
 		}
+	}
+}
+
+// BenchmarkGRPCRetries measures what retries configured but not triggered
+// cost a unary RPC through the gRPC door, in one run against the same
+// servers: lodestar's round robin without retries; with a retry section and
+// lodestar's retry interceptor (grpcpolicy.NewRetries); and grpc-go's own
+// round_robin with a service-config retryPolicy, the peer.
+func BenchmarkGRPCRetries(b *testing.B) {
+	ss, target := startBenchServers(b, 3)
+	retries, err := grpcpolicy.NewRetries(grpcpolicy.RetryOptions{IdempotentMethods: []string{"/grpc.testing.TestService/"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const grpcRetry = `,"methodConfig":[{"name":[{"service":"grpc.testing.TestService"}],
+	  "retryPolicy":{"maxAttempts":3,"initialBackoff":"0.025s","maxBackoff":"1s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]`
+	for _, c := range []struct {
+		name, sc string
+		opts     []grpc.DialOption
+	}{
+		{"lodestar_no_retry", `{"loadBalancingConfig":[{"lodestar":{}}]}`, nil},
+		{"lodestar_retry_interceptor", `{"loadBalancingConfig":[{"lodestar":{"retry":{"maxAttempts":3}}}]}`, retries.DialOptions()},
+		{"grpc_round_robin_retryPolicy", `{"loadBalancingConfig":[{"round_robin":{}}]` + grpcRetry + `}`, nil},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			conn, err := grpc.NewClient(target, append([]grpc.DialOption{
+				grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithDefaultServiceConfig(c.sc)}, c.opts...)...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			client := testgrpc.NewTestServiceClient(conn)
+			warmUp(b, client, ss)
+			b.ReportAllocs()
+			b.SetParallelism(16)
+			cpu0 := cpuTime()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				in := &testgrpc.Empty{}
+				for pb.Next() {
+					if _, err := client.EmptyCall(ctx, in); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			if cpu0 != 0 {
+				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+			}
+		})
 	}
 }

@@ -58,7 +58,10 @@ type callState struct {
 	channel *channelRetry         // the channel's retry section, told by the first pick
 	stream  bool                  // a stream call: its record only steers grpc's own retries
 	perTry  time.Duration         // the per-try timeout, once known
-	first   attemptState          // the first attempt's record, to save an allocation
+	// cancelable: each attempt gets a context of its own (for a per-try
+	// timeout or a hedge); set before the first attempt.
+	cancelable bool
+	first      attemptState // the first attempt's record, to save an allocation
 }
 
 // attemptState is one attempt's record (fields under call.mu): its per-try
@@ -131,12 +134,15 @@ func (as *attemptState) armLocked() {
 // begin starts attempt as, whose context cancel ends, and returns that
 // context carrying it.
 func (cs *callState) begin(ctx context.Context, as *attemptState) context.Context {
-	actx, cancel := context.WithCancel(ctx)
+	var cancel context.CancelFunc
+	if cs.cancelable {
+		ctx, cancel = context.WithCancel(ctx)
+	}
 	cs.mu.Lock()
 	*as = attemptState{call: cs, cancel: cancel}
 	as.armLocked()
 	cs.mu.Unlock()
-	return context.WithValue(actx, attemptKey{}, as)
+	return context.WithValue(ctx, attemptKey{}, as)
 }
 
 // end stops the attempt's timer, ends its context and returns its record as
@@ -353,35 +359,32 @@ func outcomeOf(ctx context.Context, a attemptState, perTry time.Duration, err er
 
 func (r *Retries) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	cs := &callState{}
-	ch := r.fixed
-	if ch == nil {
+	// known is the section this channel's calls met so far (noSection for
+	// none), or nil before its first call: a call learns its channel's
+	// section only at its first pick.
+	known := r.fixed
+	if known == nil {
 		if v, ok := r.channels.Load(weak.Make(cc)); ok {
-			ch = v.(*channelRetry)
+			known = v.(*channelRetry)
 		}
 	}
+	if known != nil && known.policy != nil {
+		cs.perTry = known.policy.PerTryTimeout()
+		if r.fixed != nil {
+			cs.channel = r.fixed
+		}
+	}
+	// An attempt needs a context of its own only for a per-try timeout,
+	// which a channel not seen yet may have.
+	cs.cancelable = known == nil || cs.perTry > 0
 	idempotent := retry.IsIdempotent(ctx) || r.idempotentMethod(method)
-	if ch != nil && ch.hedge && idempotent {
+	if known != nil && known.hedge && idempotent {
 		if m, ok := reply.(proto.Message); ok {
-			if r.fixed != nil {
-				cs.channel, cs.perTry = r.fixed, r.fixed.policy.PerTryTimeout()
-			}
-			err := r.hedged(ctx, cs, ch, method, req, m, cc, invoker, opts)
-			cs.mu.Lock()
-			met := cs.channel
-			cs.mu.Unlock()
-			if r.fixed == nil && met != ch && met != nil {
-				// The channel's configuration changed since: follow it.
-				if met.hedge {
-					r.learn(cc, met)
-				} else {
-					r.channels.Delete(weak.Make(cc))
-				}
-			}
+			cs.cancelable = true // hedges' losers are cancelled
+			err := r.hedged(ctx, cs, known, method, req, m, cc, invoker, opts)
+			r.follow(cc, cs, known)
 			return err
 		}
-	}
-	if r.fixed != nil {
-		cs.channel, cs.perTry = r.fixed, r.fixed.policy.PerTryTimeout()
 	}
 	var prev time.Duration
 	for n := 1; ; n++ {
@@ -395,14 +398,14 @@ func (r *Retries) unary(ctx context.Context, method string, req, reply any, cc *
 		ch, perTry := cs.channel, cs.perTry
 		cs.mu.Unlock()
 		class, code, err := outcomeOf(ctx, a, perTry, err)
+		if n == 1 {
+			r.follow(cc, cs, known)
+		}
 		if ch == nil {
 			return err // a channel without a retry section: nothing to apply
 		}
 		if n == 1 {
 			ch.budget.Deposit()
-			if r.fixed == nil && ch.hedge {
-				r.learn(cc, ch)
-			}
 		}
 		if a.done {
 			ch.observe(class, a.latency)
@@ -420,15 +423,33 @@ func (r *Retries) unary(ctx context.Context, method string, req, reply any, cc *
 	}
 }
 
-// learn remembers that cc's calls meet ch, so that its next calls can hedge
-// from their start (a call learns its channel's section only at its first
-// pick). The entry goes when cc is collected.
-func (r *Retries) learn(cc *grpc.ClientConn, ch *channelRetry) {
+// noSection is what the interceptors remember of a channel whose calls met
+// no retry section.
+var noSection = &channelRetry{}
+
+// follow remembers the section the call met on cc (known is what was
+// remembered before it), so that the channel's next calls know it from their
+// start: whether to hedge, and whether an attempt needs a context of its own.
+// The entry goes when cc is collected.
+func (r *Retries) follow(cc *grpc.ClientConn, cs *callState, known *channelRetry) {
+	if r.fixed != nil {
+		return
+	}
+	cs.mu.Lock()
+	met, picked := cs.channel, len(cs.tried) > 0
+	cs.mu.Unlock()
+	if !picked {
+		return // no pick: the call learnt nothing
+	}
+	if met == nil {
+		met = noSection
+	}
+	if met == known {
+		return
+	}
 	key := weak.Make(cc)
-	if v, loaded := r.channels.LoadOrStore(key, ch); !loaded {
+	if _, loaded := r.channels.Swap(key, met); !loaded {
 		runtime.AddCleanup(cc, func(k weak.Pointer[grpc.ClientConn]) { r.channels.Delete(k) }, key)
-	} else if v != ch {
-		r.channels.Store(key, ch)
 	}
 }
 
