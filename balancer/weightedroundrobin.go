@@ -10,13 +10,20 @@ func init() {
 
 // WeightedRoundRobin sends each endpoint a share of requests proportional to its
 // static weight (resolver.Endpoint.Weight), interleaved smoothly: with weights
-// 5, 1, 1 the order is A A A B C A A, never A A A A A B C. Use it when endpoints
+// 5, 1, 1 the order is A A B A A A C, then again, never A A A A A B C, and
+// the heaviest endpoint's longest run of consecutive picks (across periods too)
+// is the shortest possible, ⌈w/r⌉ for weight w against the others' total r (3
+// here; 2 for weights 1, 2, 3, 10). Use it when endpoints
 // differ in capacity by a known ratio (bigger machines, canaries at a fixed
 // share) and requests cost about the same. With equal weights it is plain round
 // robin, at the same cost.
 //
-// The order is an earliest-deadline-first schedule (endpoint i's k-th turn falls
-// at (k+½)/wᵢ, ties to the lower address), computed once per endpoint set (in
+// The order is an earliest-deadline-first schedule of every endpoint but the
+// heaviest (endpoint i's k-th turn falls at (k+½)/wᵢ, ties to the lower
+// address), with the heaviest endpoint's turns then spread over its gaps as
+// evenly as they divide (an EDF schedule alone lets the heaviest run on from
+// the end of one period into the next: A A A B C A A | A A A B C A A has a run
+// of 5), computed once per endpoint set (in
 // linear time) into a table that picks walk with one atomic counter: no lock,
 // cost independent of the number of endpoints. Weights are reduced by their greatest common divisor;
 // a table whose period would exceed max(65536, 8·endpoints) entries is scaled
@@ -79,6 +86,36 @@ func edfSequence(weights []uint64, limit int) []uint32 {
 			sum += w[i]
 		}
 	}
+	// The heaviest endpoint (the first of equals) is spread over the others'
+	// schedule afterwards: its W turns go into the R gaps before each of the
+	// others' turns, ⌊(j+1)W/R⌋ − ⌊jW/R⌋ into gap j, so that its runs, across
+	// periods too, are ⌈W/R⌉ at most, the fewest possible.
+	h := 0
+	for i := range w {
+		if w[i] > w[h] {
+			h = i
+		}
+	}
+	heavy := w[h]
+	rest := sum - heavy
+	if rest == 0 {
+		return make([]uint32, sum) // one endpoint (index 0)
+	}
+	w[h] = 0
+	others := edfOrder(w, rest)
+	seq := make([]uint32, 0, sum)
+	for j := range rest {
+		for range (j+1)*heavy/rest - j*heavy/rest {
+			seq = append(seq, uint32(h))
+		}
+		seq = append(seq, others[j])
+	}
+	return seq
+}
+
+// edfOrder returns the earliest-deadline-first order of the turns of weights
+// w (some may be 0), sum being their total.
+func edfOrder(w []uint64, sum uint64) []uint32 {
 	// Endpoint i's k-th turn (k = 0 ... wᵢ-1) is due at (2k+1)/(2wᵢ), in (0, 1);
 	// the period is every turn in order of due time, ties to the lower index.
 	// Due times are spread over (0, 1), so a bucket sort on them (one bucket a
