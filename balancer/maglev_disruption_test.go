@@ -34,7 +34,7 @@ func maglevDisruption(n int, m uint64) (moved, balance float64) {
 // grows relative to N. The figures are Maglev's doc comment's, measured here
 // (endpoint N/2 of N removed) on table sizes 65,537 to 1,000,003 with N = 10
 // to 10,000; the test holds them to bounds just above what they measure, and
-// holds the default's balance within 1%.
+// holds tables of 100 slots an endpoint or more to balance within 1%.
 func TestMaglevDisruptionFigures(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds 18 tables of up to a million slots")
@@ -53,8 +53,8 @@ func TestMaglevDisruptionFigures(t *testing.T) {
 		ideal := 1 / float64(tc.n)
 		t.Logf("N=%5d table=%8d: moved %.3f%% of keys (%.2f× the ideal %.3f%%), balance max/mean %.3f",
 			tc.n, tc.m, 100*moved, moved/ideal, 100*ideal, balance)
-		if def := (&Maglev{}).tableSize(tc.n); tc.m == def && balance > 1.011 {
-			t.Errorf("N=%d: the default table (%d) balances max/mean %.3f, want ≤ 1.01", tc.n, def, balance)
+		if tc.m >= 100*uint64(tc.n) && balance > 1.011 {
+			t.Errorf("N=%d table=%d: balance max/mean %.3f, want ≤ 1.01 at 100 slots an endpoint", tc.n, tc.m, balance)
 		}
 		if moved < ideal*0.9 || moved > ideal*tc.maxMoved {
 			t.Errorf("N=%d table=%d: moved %.3f%%, want within [0.9, %.1f]× the ideal %.3f%%", tc.n, tc.m, 100*moved, tc.maxMoved, 100*ideal)
