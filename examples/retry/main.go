@@ -593,7 +593,7 @@ func runHTTP(out io.Writer, cfg balancer.Config) error {
 	d := &door{
 		name: "HTTP", bs: bs, eng: tr.Engine("api"),
 		read: "GET", write: "POST", mark: "lodestar.WithIdempotent",
-		down:       "its listener is closed: connections to it are refused",
+		down:       "its listener is closed: connections to it are refused, so it receives nothing",
 		reset:      "the handler hijacks the connection and closes it",
 		overloaded: "429 with Retry-After: 1",
 		fail:       "503",
