@@ -15,7 +15,7 @@ import (
 // fakeClock is a monotonic clock tests move by hand, safe for concurrent use.
 type fakeClock struct{ t atomic.Int64 }
 
-func (c *fakeClock) now() time.Duration       { return time.Duration(c.t.Load()) }
+func (c *fakeClock) now() time.Duration      { return time.Duration(c.t.Load()) }
 func (c *fakeClock) advance(d time.Duration) { c.t.Add(int64(d)) }
 
 // exactQuantile is the nearest-rank q-quantile of xs.
