@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +55,11 @@ func (t *Transport) RetryBudget(service string) *retry.Budget {
 // costs, plus the budget's deposit (an atomic add); the rest is in retry,
 // which only a failed attempt reaches.
 func (s *service) roundTrip(ctx context.Context, req *http.Request, ep *balancer.Endpoint) (*http.Response, error) {
+	if s.hedger != nil {
+		if d, ok := s.hedger.Delay(); ok && hedgeable(ctx, req) {
+			return s.hedgedRoundTrip(ctx, req, ep, d)
+		}
+	}
 	resp, class, end, err := s.attempt(ctx, req, ep, nil)
 	s.budget.DepositAt(end)
 	if err == nil && !s.policy.Retryable(class, resp.StatusCode, codes.OK, true, true) {
@@ -68,15 +74,20 @@ func (s *service) roundTrip(ctx context.Context, req *http.Request, ep *balancer
 // used up the attempts (or the budget, or the deadline) is returned as the
 // response it is.
 func (s *service) retry(ctx context.Context, req *http.Request, ep *balancer.Endpoint, resp *http.Response, class outcome.Class, err error) (*http.Response, error) {
+	return s.retryFrom(ctx, req, ep, resp, class, err, 1, nil)
+}
+
+// retryFrom is retry after the request made used attempts (a hedge race
+// makes several) on the endpoints tried (nil: only ep), the last on ep.
+func (s *service) retryFrom(ctx context.Context, req *http.Request, ep *balancer.Endpoint, resp *http.Response, class outcome.Class, err error, used int, tried []*balancer.Endpoint) (*http.Response, error) {
 	p := s.policy
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	if hasBody && req.GetBody == nil {
 		return resp, err // the body was consumed and cannot be replayed
 	}
 	idempotent := retry.Idempotent(req.Method, req.Header) || retry.IsIdempotent(ctx)
-	var tried []*balancer.Endpoint
 	var prev time.Duration
-	for n := 1; n < p.MaxAttempts(); n++ {
+	for n := used; n < p.MaxAttempts(); n++ {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -111,7 +122,9 @@ func (s *service) retry(ctx context.Context, req *http.Request, ep *balancer.End
 		if tried == nil {
 			tried = make([]*balancer.Endpoint, 0, p.MaxAttempts())
 		}
-		tried = append(tried, ep)
+		if !slices.Contains(tried, ep) {
+			tried = append(tried, ep)
+		}
 		next, perr := s.engine.PickAvoiding(s.affinity.pickInfo(ctx, req), tried)
 		if perr != nil {
 			if perr == balancer.ErrClosed {

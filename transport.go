@@ -134,6 +134,9 @@ type service struct {
 	policy *retry.Policy
 	budget *retry.Budget // the service's, shared by all its requests
 	perTry time.Duration // policy.PerTryTimeout(), 0 for none
+
+	// Hedging, when the policy has a hedge section (see hedging.go).
+	hedging
 }
 
 // NewTransport starts a Transport for the services in opts. It validates every
@@ -190,6 +193,7 @@ func NewTransport(opts Options) (*Transport, error) {
 				return nil, fmt.Errorf("lodestar: service %q: retry: %w", name, err)
 			}
 			svc.policy, svc.budget, svc.perTry = p, p.NewBudget(nil), p.PerTryTimeout()
+			svc.initHedging()
 		}
 		if bt, ok := base.(*http.Transport); ok {
 			svc.rt, svc.tracker = cloneForService(bt, name, sc)
@@ -373,17 +377,30 @@ func (s *service) send(ctx context.Context, req *http.Request, ep *balancer.Endp
 // own context, derived from ctx, that is cut if the response headers have
 // not arrived in time; its class is then outcome.Timeout.
 func (s *service) attempt(ctx context.Context, req *http.Request, ep *balancer.Endpoint, body io.ReadCloser) (*http.Response, outcome.Class, time.Duration, error) {
+	return s.attemptOn(ctx, nil, req, ep, body)
+}
+
+// attemptOn is attempt on own, the attempt's own context (derived from ctx)
+// when the caller made one: a hedged attempt's, which the race cancels when
+// another attempt wins (an attempt lost so is reported as outcome.Canceled).
+// own == nil: the attempt makes its own context only for a per-try timeout.
+func (s *service) attemptOn(ctx context.Context, own *attemptCtx, req *http.Request, ep *balancer.Endpoint, body io.ReadCloser) (*http.Response, outcome.Class, time.Duration, error) {
 	c := &call{svc: s, ep: ep}
 	c.req = *req
 	if body != nil {
 		c.req.Body = body
 	}
-	var timer *time.Timer
-	if s.perTry > 0 {
+	if own != nil {
+		c.cancel = own.cancel
+		c.req = *c.req.WithContext(own.ctx)
+	} else if s.perTry > 0 {
 		tctx, cancel := context.WithCancel(ctx)
 		c.cancel = cancel
 		c.req = *c.req.WithContext(tctx)
-		timer = time.AfterFunc(s.perTry, cancel)
+	}
+	var timer *time.Timer
+	if s.perTry > 0 {
+		timer = time.AfterFunc(s.perTry, c.cancel)
 	}
 	c.url = *req.URL
 	c.url.Host = ep.Address()
@@ -399,7 +416,7 @@ func (s *service) attempt(ctx context.Context, req *http.Request, ep *balancer.E
 	c.lat = c.end - start
 	cut := false // the per-try timeout cut the attempt
 	if timer != nil && !timer.Stop() {
-		cut = ctx.Err() == nil
+		cut = ctx.Err() == nil && !own.isLost()
 		if err == nil { // cut as the headers arrived: the body is unusable
 			resp.Body.Close()
 			resp, err = nil, context.Canceled
@@ -407,9 +424,14 @@ func (s *service) attempt(ctx context.Context, req *http.Request, ep *balancer.E
 	}
 	if err != nil {
 		class := s.classify(ctx, nil, err)
-		if cut {
+		if own.isLost() {
+			class = outcome.Canceled // another attempt won: not the endpoint's fault
+		} else if cut {
 			class = outcome.Timeout
 			err = &PerTryTimeoutError{Limit: s.perTry, Err: err}
+		}
+		if s.hedger != nil && class.Counted() {
+			s.hedger.ObserveAt(c.lat, c.end)
 		}
 		s.engine.Done(ep, outcome.Outcome{Class: class, Latency: c.lat, At: monotime.Time(c.end), Err: err})
 		if c.cancel != nil {
@@ -422,6 +444,9 @@ func (s *service) attempt(ctx context.Context, req *http.Request, ep *balancer.E
 	}
 	c.class = s.classify(ctx, resp, nil)
 	c.code = int16(resp.StatusCode)
+	if s.hedger != nil {
+		s.hedger.ObserveAt(c.lat, c.end)
+	}
 	resp.Request = req
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		s.pauseFor(ep, resp)

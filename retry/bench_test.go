@@ -98,3 +98,48 @@ func BenchmarkIdempotent(b *testing.B) {
 	}
 	sink = n
 }
+
+// Observe is on every attempt's path of a service with a percentile hedge
+// delay (through the real monotonic clock; ObserveAt saves the read).
+func BenchmarkLatencyObserve(b *testing.B) {
+	tr := retry.NewLatencyTracker(0, nil)
+	b.ReportAllocs()
+	d := time.Duration(0)
+	for b.Loop() {
+		d += 997 * time.Nanosecond
+		tr.Observe(d % (50 * time.Millisecond))
+	}
+}
+
+// ObserveAt through a Hedger, as the HTTP door calls it, from every core.
+func BenchmarkHedgerObserveParallel(b *testing.B) {
+	p, err := retry.NewPolicy(retry.Config{Hedge: &retry.HedgeConfig{Delay: "p95"}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := p.NewHedger(nil)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		d := time.Duration(0)
+		for pb.Next() {
+			d += 997 * time.Nanosecond
+			h.ObserveAt(d%(50*time.Millisecond), monotime())
+		}
+	})
+}
+
+// Quantile reads the whole window (Hedger calls it at most every 100ms).
+func BenchmarkLatencyQuantile(b *testing.B) {
+	tr := retry.NewLatencyTracker(0, nil)
+	for i := range 10000 {
+		tr.Observe(time.Duration(i) * time.Microsecond)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Quantile(0.95)
+	}
+}
+
+var epoch = time.Now()
+
+func monotime() time.Duration { return time.Since(epoch) }

@@ -80,8 +80,9 @@ var defaultRetryOn = []string{"connect_error", "reset", "gateway_error", "overlo
 // caller's deadline leaves time, and the service's Budget allows it.
 type Config struct {
 	// MaxAttempts is the most attempts one request makes, the first
-	// included: 1 means no retry. Hedges are not counted here (see
-	// Hedge.MaxExtra). Default 3; range [1, 10].
+	// included: 1 means no retry (and no hedge). Hedges count here too: a
+	// request sends at most min(Hedge.MaxExtra, MaxAttempts-1) hedges, and
+	// its retries after them the attempts left. Default 3; range [1, 10].
 	MaxAttempts int `json:"maxAttempts,omitzero" range:"[1, 10]"`
 
 	// PerTryTimeout bounds each attempt (the caller's deadline still bounds
@@ -176,8 +177,12 @@ type BudgetConfig struct {
 
 // HedgeConfig is the retry policy's "hedge" section: after Delay with no
 // answer, the request is sent again to another endpoint (up to MaxExtra
-// times), and the first good answer wins. Only idempotent requests are
-// hedged, and hedges draw on the same budget as retries.
+// times, one per Delay, within MaxAttempts), and the first good answer (one
+// the policy does not retry) wins; the other attempts are cancelled. Only
+// idempotent requests whose body can be replayed are hedged, and hedges
+// draw on the same budget as retries. A percentile Delay hedges nothing
+// until the service has MinLatencySamples latencies in its window (see
+// Hedger).
 type HedgeConfig struct {
 	// Delay is how long to wait for an answer before hedging: a duration
 	// string in [1ms, 1h] ("20ms"), or a percentile of the service's recent

@@ -20,10 +20,15 @@
 //     multiply the load of a failing service.
 //   - Idempotent, ParseRetryAfter and ParseRetryPushback read what HTTP and
 //     gRPC say about a request and a response.
+//   - LatencyTracker keeps a service's recent latencies (lock-free log-linear
+//     histogram over a sliding window) and Hedger turns the policy's hedge
+//     section into a delay, fixed or a cached percentile (none until the
+//     window holds MinLatencySamples), for either door.
 //
-// Still to come with the front doors (see docs/ARCHITECTURE.md, "Designed for,
-// not yet built"): the retry loop inside the HTTP Transport's RoundTrip and
-// the gRPC unary and client-stream interceptors, retry on another endpoint,
-// body replay through GetBody, Retry-After pausing the endpoint in the
-// balancer, and hedging driven by the service's latency percentiles.
+// Built in the HTTP door (the root package): the retry loop inside the
+// Transport's RoundTrip, retry on another endpoint, body replay through
+// GetBody, Retry-After pausing the endpoint in the balancer, and hedging
+// (balancer's Engine.PickHedge picks the hedge's endpoint). Still to come (see
+// docs/ARCHITECTURE.md, "Designed for, not yet built"): the gRPC unary and
+// client-stream interceptors, with hedging through a Hedger per service.
 package retry
