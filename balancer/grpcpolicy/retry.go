@@ -18,6 +18,7 @@ import (
 
 	"github.com/lodestar-go/lodestar/balancer"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
+	"github.com/lodestar-go/lodestar/internal/monotime"
 	"github.com/lodestar-go/lodestar/retry"
 )
 
@@ -179,24 +180,24 @@ func (as *attemptState) cutByPerTry() bool {
 type channelRetry struct {
 	policy   *retry.Policy
 	budget   *retry.Budget
-	hedge    bool          // the policy hedges
-	fixed    time.Duration // the hedge delay, when fixed
-	pct      float64       // the hedge delay's percentile, when not
-	maxExtra int
-	hedges   atomic.Int64 // hedges sent
+	hedger   *retry.Hedger // nil: the section does not hedge
+	hedge    bool
+	maxExtra int          // hedges a call may send: hedge.maxExtra, within maxAttempts
+	hedges   atomic.Int64 // hedges sent, for inspection and metrics
 }
 
 // hedgeDelay returns how long a call waits before its next hedge, and false
-// when it is not to hedge (no delay known yet).
-func (ch *channelRetry) hedgeDelay() (time.Duration, bool) {
-	if ch.fixed > 0 {
-		return ch.fixed, true
-	}
-	return 0, false
-}
+// when it is not to hedge (a percentile delay before the channel has enough
+// latencies).
+func (ch *channelRetry) hedgeDelay() (time.Duration, bool) { return ch.hedger.Delay() }
 
-// observe records an attempt's latency for the percentile hedge delay.
-func (ch *channelRetry) observe(class outcome.Class, d time.Duration) {}
+// observe records an answered attempt's latency for the percentile hedge
+// delay (not a cancelled one: its time says nothing of the service's).
+func (ch *channelRetry) observe(class outcome.Class, d time.Duration) {
+	if ch.hedger != nil && class.Counted() {
+		ch.hedger.ObserveAt(d, monotime.Now())
+	}
+}
 
 // newChannelRetry compiles a channel's retry section (nil when it has none).
 func newChannelRetry(c *retry.Config, rnd func() uint64) (*channelRetry, error) {
@@ -207,9 +208,11 @@ func newChannelRetry(c *retry.Config, rnd func() uint64) (*channelRetry, error) 
 	if err != nil {
 		return nil, err
 	}
-	ch := &channelRetry{policy: p, budget: p.NewBudget(nil)}
-	if h, ok := p.Hedge(); ok {
-		ch.hedge, ch.fixed, ch.pct, ch.maxExtra = true, h.Delay, h.Percentile, h.MaxExtra
+	ch := &channelRetry{policy: p, budget: p.NewBudget(nil), hedger: p.NewHedger(nil)}
+	if ch.hedger != nil {
+		// Hedges count toward maxAttempts, as in the HTTP door.
+		ch.maxExtra = min(ch.hedger.Hedge().MaxExtra, p.MaxAttempts()-1)
+		ch.hedge = ch.maxExtra > 0
 	}
 	return ch, nil
 }
@@ -492,7 +495,7 @@ type attemptResult struct {
 // call: on return every attempt has been cancelled, and each one's goroutine
 // ends when grpc returns from it.
 func (r *Retries) hedged(ctx context.Context, cs *callState, ch *channelRetry, method string, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	results := make(chan attemptResult, ch.policy.MaxAttempts()+ch.maxExtra)
+	results := make(chan attemptResult, ch.policy.MaxAttempts())
 	var running []*attemptState
 	launch := func(as *attemptState) {
 		rep := proto.Clone(reply)
@@ -541,7 +544,7 @@ func (r *Retries) hedged(ctx context.Context, cs *callState, ch *channelRetry, m
 			return status.FromContextError(ctx.Err()).Err()
 		case <-timerC:
 			timerC = nil
-			if extras < ch.maxExtra && ch.budget.TryWithdraw() {
+			if extras < ch.maxExtra && 1+extras+retries < ch.policy.MaxAttempts() && ch.budget.TryWithdraw() {
 				extras++
 				inflight++
 				ch.hedges.Add(1)
@@ -571,8 +574,8 @@ func (r *Retries) hedged(ctx context.Context, cs *callState, ch *channelRetry, m
 			if inflight > 0 {
 				continue // another attempt may still answer
 			}
-			if retries+1 >= ch.policy.MaxAttempts() {
-				return err
+			if 1+extras+retries >= ch.policy.MaxAttempts() {
+				return err // hedges count toward maxAttempts
 			}
 			var werr error
 			if prev, werr = r.waitRetry(ctx, ch, retries+1, prev, a, err); werr != nil {

@@ -584,7 +584,7 @@ func TestGRPCHedgeOnlyIdempotent(t *testing.T) {
 func TestGRPCHedgesWithinBudget(t *testing.T) {
 	ss := startRetryServers(t, 3)
 	client, _ := hedgeClient(t, ss,
-		`{"retry":{"maxAttempts":1,"budget":{"ratio":0.1,"minPerSecond":1,"window":"1s"},"hedge":{"delay":"1ms","maxExtra":3}}}`,
+		`{"retry":{"maxAttempts":4,"budget":{"ratio":0.1,"minPerSecond":1,"window":"1s"},"hedge":{"delay":"1ms","maxExtra":3}}}`,
 		grpcpolicy.RetryOptions{IdempotentMethods: []string{unaryMethod}})
 	for _, s := range ss {
 		s.mode.Store(answerSlow)
@@ -612,4 +612,45 @@ func TestGRPCHedgesWithinBudget(t *testing.T) {
 	if hedges == 0 {
 		t.Fatal("no hedge was sent")
 	}
+}
+
+// A percentile hedge delay: no hedge until the channel has latencies for it
+// (100), then a call stuck on the slow endpoint is hedged at the channel's
+// median and the slow attempt is cancelled.
+func TestGRPCHedgePercentileDelay(t *testing.T) {
+	ss := startRetryServers(t, 4)
+	client, eng := hedgeClient(t, ss,
+		`{"algorithm":"ring_hash","retry":{"maxAttempts":2,"hedge":{"delay":"p50"}}}`,
+		grpcpolicy.RetryOptions{IdempotentMethods: []string{unaryMethod}})
+	slow := ss[1]
+	slow.mode.Store(answerHang)
+	slowCtx := balancer.WithAffinityKey(context.Background(), keyFor(t, eng, slow.addr))
+	fastKey := keyFor(t, eng, ss[0].addr)
+	// Too few latencies yet: a call to the hung endpoint is not hedged.
+	short, cancel := context.WithTimeout(slowCtx, 100*time.Millisecond)
+	_, err := client.UnaryCall(short, &testgrpc.SimpleRequest{})
+	cancel()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("err = %v, want DEADLINE_EXCEEDED: no hedge before the channel has latencies", err)
+	}
+	if got := totalCalls(ss); got != 1 {
+		t.Fatalf("servers saw %d calls, want 1", got)
+	}
+	// 150 latencies, over more than the 100ms after which the channel's
+	// percentile is recomputed.
+	start := time.Now()
+	for i := 0; i < 150 || time.Since(start) < 250*time.Millisecond; i++ {
+		if _, err := client.UnaryCall(balancer.WithAffinityKey(context.Background(), fastKey), &testgrpc.SimpleRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(slowCtx, 10*time.Second)
+		_, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d: %v (not hedged)", i, err)
+		}
+	}
+	eventually(t, "the slow attempts to be cancelled", 5*time.Second, func() bool { return slow.canceled.Load() == 6 })
 }
