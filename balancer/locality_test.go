@@ -26,8 +26,8 @@ func init() {
 	)
 	maps.Copy(goodValues, map[string]string{
 		"locality": `{"zone": "us-east-1a"}`, "priority": `{"overprovisioningFactor": 1.4}`,
-		"split":    `[{"match": {"version": "v2"}, "weight": 5}, {"match": {"version": "v1"}, "weight": 95}]`,
-		"zone":     `"us-east-1a"`, "region": `"us-east-1"`, "minLocalEndpoints": "2", "spillWhenLoaded": "1.5",
+		"split": `[{"match": {"version": "v2"}, "weight": 5}, {"match": {"version": "v1"}, "weight": 95}]`,
+		"zone":  `"us-east-1a"`, "region": `"us-east-1"`, "minLocalEndpoints": "2", "spillWhenLoaded": "1.5",
 		"overprovisioningFactor": "1.4",
 	})
 	rangeCases = append(rangeCases, []struct {
