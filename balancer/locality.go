@@ -78,7 +78,7 @@ type groupingMode struct {
 // failback ramp.
 type subsetMemory struct {
 	health map[int]float64 // tier health by priority at the last rebuild
-	peak   map[int]float64 // highest load each tier had
+	peak   map[int]float64 // highest health each tier had
 	to     map[int]float64 // the loads the last plan aims at
 	from   map[int]float64 // the ramp's start loads, nil when not ramping
 	start  int64           // the ramp's start, unix ns
@@ -503,10 +503,11 @@ func (g *groupingMode) forget(key int) { delete(g.subs, key) }
 
 // rampLocked decides a subset's failback ramp and sets each tier's from (the
 // load it ramps from; t.load is where it goes). It reports whether a ramp
-// runs. A tier whose load rises while it had more before (a failback) ramps
-// from the loads in force now to the new ones over the window, unless some
-// tier's health fell meanwhile: a failover is never delayed. A tier that
-// never had more (a first start, a new tier) gets its load at once.
+// runs. When a tier's health rises back towards a level it had before and
+// its load rises with it (a failback), the loads ramp from those in force
+// now to the new ones over the window, unless some tier's health fell
+// meanwhile: a failover is never delayed. A tier whose health never was
+// higher (endpoints connecting at start, a new tier) gets its load at once.
 func (g *groupingMode) rampLocked(key int, tiers []tierCounts, now int64) bool {
 	mem := g.subs[key]
 	if mem == nil {
@@ -540,9 +541,11 @@ func (g *groupingMode) rampLocked(key int, tiers []tierCounts, now int64) bool {
 		if mem.from != nil && maps.Equal(target, mem.to) && rampAlpha(mem.start, g.window, now) < 1 {
 			ramping = true // the same ramp goes on
 		} else {
+			// A failback: a tier's health rose back towards a level it
+			// had before, and its load rises with it.
 			gain := false
 			for p, l := range target {
-				if l > cur[p]+1e-9 && mem.peak[p] > cur[p]+1e-9 {
+				if l > cur[p]+1e-9 && health[p] > mem.health[p]+1e-9 && mem.peak[p] > mem.health[p]+1e-9 {
 					gain = true
 				}
 			}
@@ -570,8 +573,8 @@ func (g *groupingMode) rampLocked(key int, tiers []tierCounts, now int64) bool {
 		mem.from = nil
 	}
 	mem.to, mem.health = target, health
-	for p, l := range target {
-		mem.peak[p] = max(mem.peak[p], l)
+	for p, h := range health {
+		mem.peak[p] = max(mem.peak[p], h)
 	}
 	if ramping {
 		for i := range tiers {

@@ -647,3 +647,33 @@ func TestGroupedPickAllocatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// Endpoints connecting at start, in any order (the gRPC door starts them
+// NotConnected), never trigger the failback ramp: the primary tier takes its
+// traffic as soon as it is connected.
+func TestPriorityNoRampWhileConnecting(t *testing.T) {
+	clk := newFakeClock()
+	e, err := NewEngine(Config{Algorithm: &RoundRobin{SlowStart: SlowStart{Window: time.Hour}}},
+		Options{Now: clk.Now, Rand: seededRand(6), InitialConditions: NotConnected})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	var eps []resolver.Endpoint
+	for p := range 2 {
+		for i := range 4 {
+			eps = append(eps, resolver.Endpoint{Address: fmt.Sprintf("10.%d.0.%d:80", p, i+1), Priority: p})
+		}
+	}
+	e.Update(eps)
+	e.SetCondition("10.0.0.1:80", NotConnected, false) // one primary first
+	for i := range 4 {                                  // then the passive site
+		e.SetCondition(fmt.Sprintf("10.1.0.%d:80", i+1), NotConnected, false)
+	}
+	for i := 1; i < 4; i++ { // then the rest of the primary
+		e.SetCondition(fmt.Sprintf("10.0.0.%d:80", i+1), NotConnected, false)
+	}
+	if got := pickShare(t, e, 2000, prioIs(0)); got != 1 {
+		t.Errorf("all connected: %.3f on P0, want 1 (no ramp while connecting)", got)
+	}
+}
