@@ -783,11 +783,16 @@ func (g *grouped) Pick(info PickInfo) (*Endpoint, error) {
 	var r uint64
 	if info.HasHash {
 		r = leafDraw(info.Hash)
+		if g.dynamic.Load() && g.rand()&g.mask == 0 {
+			g.refresh()
+		}
 	} else {
+		// One random number: its low bits also sample the refresh (which
+		// leaf this pick takes does not matter to it).
 		r = g.rand()
-	}
-	if g.dynamic.Load() && g.rand()&g.mask == 0 {
-		g.refresh()
+		if r&g.mask == 0 && g.dynamic.Load() {
+			g.refresh()
+		}
 	}
 	s := &g.subsets[0]
 	if len(g.subsets) > 1 {

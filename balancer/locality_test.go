@@ -667,7 +667,7 @@ func TestPriorityNoRampWhileConnecting(t *testing.T) {
 	}
 	e.Update(eps)
 	e.SetCondition("10.0.0.1:80", NotConnected, false) // one primary first
-	for i := range 4 {                                  // then the passive site
+	for i := range 4 {                                 // then the passive site
 		e.SetCondition(fmt.Sprintf("10.1.0.%d:80", i+1), NotConnected, false)
 	}
 	for i := 1; i < 4; i++ { // then the rest of the primary

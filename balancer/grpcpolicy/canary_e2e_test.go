@@ -37,7 +37,9 @@ func TestE2ECanarySplitGRPC(t *testing.T) {
 		eps = append(eps, grpcresolver.ToGRPC(resolver.Endpoint{Address: s.addr, Metadata: map[string]string{"version": v}}))
 	}
 	js := `{"split": [{"match": {"version": "v2"}, "weight": 5}, {"match": {"version": "v1"}, "weight": 95}]}`
-	sc := func(cfg string) string { return fmt.Sprintf(`{"loadBalancingConfig": [{%q: %s}]}`, multiSitePolicy, cfg) }
+	sc := func(cfg string) string {
+		return fmt.Sprintf(`{"loadBalancingConfig": [{%q: %s}]}`, multiSitePolicy, cfg)
+	}
 	r := manual.NewBuilderWithScheme("canary")
 	built := make(chan struct{})
 	r.BuildCallback = func(gresolver.Target, gresolver.ClientConn, gresolver.BuildOptions) { close(built) }

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/backoff"
+	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
