@@ -107,6 +107,16 @@ type Config struct {
 	// service's retry budget and the caller's deadline. nil, the default, is
 	// off. See retry.Config.
 	Retry *retry.Config `json:"retry,omitempty"`
+
+	// Locality, Priority and Split route requests by where endpoints run,
+	// by failover tier and by metadata subset (a canary); see LocalityConfig,
+	// PriorityConfig and SplitRule. Tiers apply whenever endpoints carry
+	// different priorities; zone preference whenever the caller's locality
+	// is known (here or from LODESTAR_ZONE and LODESTAR_REGION). nil (the
+	// default) and no environment: neither locality nor split.
+	Locality *LocalityConfig `json:"locality,omitempty"`
+	Priority *PriorityConfig `json:"priority,omitempty"`
+	Split    []SplitRule     `json:"split,omitempty"`
 }
 
 // DefaultPanicThreshold is PanicThreshold's default, in percent (Envoy's).
@@ -183,7 +193,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("lodestar config: retry: %w", err)
 		}
 	}
-	return nil
+	return c.validateGrouping()
 }
 
 // algorithm returns the configured algorithm or the default.

@@ -103,6 +103,7 @@ type mode struct {
 	breakers         bool             // endpoints have circuit breakers
 	observer         OutcomeObserver  // the algorithm, if it observes outcomes
 	trackTotal       bool             // the algorithm is TotalCounting: keep total
+	grouping         *groupingMode    // locality, priority and split (locality.go)
 }
 
 func newMode(cfg Config, alg Algorithm, p *protection) *mode {
@@ -115,6 +116,7 @@ func newMode(cfg Config, alg Algorithm, p *protection) *mode {
 	m.gated = m.maxInFlight > 0 || m.breakers
 	m.observer, _ = alg.(OutcomeObserver)
 	_, m.trackTotal = alg.(TotalCounting)
+	m.grouping = newGroupingMode(cfg, alg)
 	return m
 }
 
@@ -908,7 +910,11 @@ func (e *Engine) rebuildLocked() {
 	}
 	var tolerated Condition
 	usable := len(eligible)
-	if m.panicThreshold > 0 && connected > 0 && float64(usable)*100 < m.panicThreshold*float64(connected) {
+	// Locality, priority tiers and splits: nil when none applies.
+	gp := m.grouping.plan(e, all, m.panicThreshold)
+	if gp != nil {
+		eligible, tolerated = gp.endpoints, gp.tolerated
+	} else if m.panicThreshold > 0 && connected > 0 && float64(usable)*100 < m.panicThreshold*float64(connected) {
 		// Panic: too few usable endpoints to carry the load; spread it over
 		// every connected one instead (Envoy's panic threshold).
 		tolerated = Unhealthy | Ejected
@@ -926,6 +932,9 @@ func (e *Engine) rebuildLocked() {
 			kind = PanicStarted
 			why = fmt.Sprintf("only %d of %d connected endpoints usable, below the %v%% panic threshold: spreading over all of them",
 				usable, connected, m.panicThreshold)
+			if gp != nil {
+				why = gp.why
+			}
 			e.opts.Logger.Warn("lodestar: panic mode", "service", e.opts.Service, "why", why)
 		} else {
 			e.opts.Logger.Info("lodestar: panic mode ended", "service", e.opts.Service, "why", why)
@@ -938,7 +947,11 @@ func (e *Engine) rebuildLocked() {
 		if s.trackTotal {
 			bi.AddTotalInFlight = e.total.Add
 		}
-		s.picker = e.alg.Build(bi)
+		if gp != nil {
+			s.picker = gp.picker(e.alg, bi)
+		} else {
+			s.picker = e.alg.Build(bi)
+		}
 		_, s.selfCounting = s.picker.(SelfCounting)
 	} else if !e.gotSet && (e.awaiting || e.feedErr != nil) {
 		s.pending = e.awaiting
