@@ -311,10 +311,11 @@ const (
 )
 
 // window returns the attempt totals to subtract for the share of recent
-// requests, and the time they were read; ok is false when no reading is old
-// enough (the share is then over every attempt). It records now's totals.
+// requests, and the time they were read: the oldest reading kept, if it is
+// at least shareSampleEvery old; ok is false otherwise (the share is then
+// over every attempt). It records now's totals.
 func (s *shareSamples) window(now time.Time, totals map[string]uint64) (base map[string]uint64, since time.Time, ok bool) {
-	if n := len(s.taken); n > 0 {
+	if n := len(s.taken); n > 0 && now.Sub(s.taken[0].at) >= shareSampleEvery {
 		since, base, ok = s.taken[0].at, s.taken[0].totals, true
 	}
 	if n := len(s.taken); n == 0 || now.Sub(s.taken[n-1].at) >= shareSampleEvery {
