@@ -89,7 +89,8 @@ type EndpointStatus struct {
 	// Latency sums up the endpoint's last attempts' latencies.
 	Latency LatencyStatus `json:"latency"`
 	// RecentAttempts is the number of attempts reported for the endpoint in
-	// the share window (ShareWindowSeconds; every attempt when it is 0).
+	// the share window (ShareWindowSeconds; every attempt when it is 0),
+	// not counting picks that were never sent (outcome.NotSent).
 	RecentAttempts uint64 `json:"recentAttempts"`
 	// SharePercent is the endpoint's share of the engine's RecentAttempts, in
 	// percent.
@@ -190,7 +191,9 @@ func (e *Engine) Status() EngineStatus {
 	for _, ep := range eps {
 		var n uint64
 		for c := range ep.outcomes {
-			n += ep.outcomes[c].Load()
+			if outcome.Class(c) != outcome.NotSent { // picked, never sent
+				n += ep.outcomes[c].Load()
+			}
 		}
 		totals[ep.addr] = n
 	}
