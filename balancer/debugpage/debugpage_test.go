@@ -84,10 +84,10 @@ func checkPage(t *testing.T, f *fixture, page string) {
 	for _, s := range []string{
 		`data-service="users"`, `data-door="http"`, `data-door="grpc"`,
 		"consecutive_gateway_failures, ejected for 10m0s", // why the endpoint is ejected
-		"until ",                            // and until when
-		"circuit breaker closed → open",     // the breaker's trip, as an event
-		"eu-west / eu-west-1a",              // a locality
-		"static:///" + f.grpcAddrs[0],       // the channel's target
+		"until ",                        // and until when
+		"circuit breaker closed → open", // the breaker's trip, as an event
+		"eu-west / eu-west-1a",          // a locality
+		"static:///" + f.grpcAddrs[0],   // the channel's target
 	} {
 		if !strings.Contains(html.UnescapeString(page), s) {
 			t.Errorf("the page does not show %q", s)
