@@ -139,7 +139,7 @@ func (e *Engine) observeEndpointLocked(ep *Endpoint) {
 	}
 	ob := &endpointObs{}
 	if e.obs != nil && e.obs.metrics != nil {
-		ob.metrics = e.obs.metrics.forEndpoint(ep.addr)
+		ob.metrics = e.obs.metrics.forEndpoint(e.opts.Service, ep.addr)
 	}
 	ep.obs = ob
 }
