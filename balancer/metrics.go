@@ -34,25 +34,50 @@ const MeterName = "github.com/lodestar-go/lodestar"
 
 // Metric names and attribute keys, in OpenTelemetry semantic-convention style.
 const (
-	MetricAttempts          = "lodestar.client.attempts"
-	MetricAttemptDuration   = "lodestar.client.attempt.duration"
-	MetricActiveRequests    = "lodestar.client.active_requests"
-	MetricEndpoints         = "lodestar.client.endpoints"
-	MetricPanic             = "lodestar.client.panic"
-	MetricEjections         = "lodestar.client.ejections"
-	MetricUnejections       = "lodestar.client.unejections"
-	MetricBreakerChanges    = "lodestar.client.breaker.transitions"
-	MetricDiscoveryUpdates  = "lodestar.client.discovery.updates"
-	MetricDiscoveryErrors   = "lodestar.client.discovery.errors"
-	AttrService             = "lodestar.service"
-	AttrDoor                = "lodestar.door"
-	AttrOutcome             = "lodestar.outcome"
-	AttrEndpointState       = "lodestar.endpoint.state"
-	AttrDetector            = "lodestar.detector"
-	AttrReason              = "lodestar.reason"
-	AttrBreakerState        = "lodestar.breaker.state"
-	AttrServerAddress       = "server.address"
-	AttrServerPort          = "server.port"
+	// MetricAttempts counts attempts reported back by Done, by outcome class.
+	MetricAttempts = "lodestar.client.attempts"
+	// MetricAttemptDuration is the histogram of attempt latencies, in seconds.
+	MetricAttemptDuration = "lodestar.client.attempt.duration"
+	// MetricActiveRequests is the number of requests in flight.
+	MetricActiveRequests = "lodestar.client.active_requests"
+	// MetricEndpoints counts discovered endpoints by state (AttrEndpointState).
+	MetricEndpoints = "lodestar.client.endpoints"
+	// MetricPanic is 1 while the balancer is in panic mode, else 0.
+	MetricPanic = "lodestar.client.panic"
+	// MetricEjections counts outlier ejections, by detector (AttrDetector).
+	MetricEjections = "lodestar.client.ejections"
+	// MetricUnejections counts ejections that ended, by reason (AttrReason).
+	MetricUnejections = "lodestar.client.unejections"
+	// MetricBreakerChanges counts breaker state changes, by the state entered.
+	MetricBreakerChanges = "lodestar.client.breaker.transitions"
+	// MetricDiscoveryUpdates counts endpoint sets received from discovery.
+	MetricDiscoveryUpdates = "lodestar.client.discovery.updates"
+	// MetricDiscoveryErrors counts discovery errors.
+	MetricDiscoveryErrors = "lodestar.client.discovery.errors"
+
+	// AttrService is the service: a Transport's service name, or a gRPC
+	// channel's target endpoint.
+	AttrService = "lodestar.service"
+	// AttrDoor is the front door: "http" or "grpc".
+	AttrDoor = "lodestar.door"
+	// AttrOutcome is an outcome class name (outcome.Class.String).
+	AttrOutcome = "lodestar.outcome"
+	// AttrEndpointState is an endpoint state: eligible, not_connected,
+	// unhealthy, ejected, breaker_open or paused.
+	AttrEndpointState = "lodestar.endpoint.state"
+	// AttrDetector is the outlier detector that ejected an endpoint
+	// (consecutive_failures, success_rate, latency, ...).
+	AttrDetector = "lodestar.detector"
+	// AttrReason is why an ejection ended: expired, health_check or
+	// reconfigured.
+	AttrReason = "lodestar.reason"
+	// AttrBreakerState is the breaker state entered: closed, half-open, open.
+	AttrBreakerState = "lodestar.breaker.state"
+	// AttrServerAddress and AttrServerPort name the endpoint (left out with
+	// Options.MetricsOmitEndpoint).
+	AttrServerAddress = "server.address"
+	AttrServerPort    = "server.port"
+
 	nClasses                = int(outcome.NotSent) + 1
 	defaultDurationBucketsN = 14
 )
