@@ -187,7 +187,11 @@ func (e *Engine) newEngineMetrics() *engineMetrics {
 	for i, s := range endpointStates {
 		m.stateOpt[i] = m.opt(attribute.String(AttrEndpointState, s.name))
 	}
-	m.reg, err = meter.RegisterCallback(e.observeMetrics, m.attempts, m.active, m.endpoints, m.panic)
+	// The callback gets m itself: it may run (on a collection's goroutine)
+	// before startObserving has stored m in the engine.
+	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		return e.observeMetrics(m, o)
+	}, m.attempts, m.active, m.endpoints, m.panic)
 	if err != nil {
 		e.opts.Logger.Warn("lodestar: metrics off: the meter provider refused the callback", "service", e.opts.Service, "error", err)
 		return nil
@@ -249,12 +253,7 @@ func (m *engineMetrics) forEndpoint(service, addr string) *endpointMetrics {
 
 // observeMetrics is the engine's collection callback: it reads the
 // endpoints' counters and the snapshot.
-func (e *Engine) observeMetrics(_ context.Context, o metric.Observer) error {
-	ob := e.obs
-	if ob == nil || ob.metrics == nil {
-		return nil
-	}
-	m := ob.metrics
+func (e *Engine) observeMetrics(m *engineMetrics, o metric.Observer) error {
 	s := e.snap.Load()
 	if s == nil {
 		return nil
