@@ -185,6 +185,7 @@ func (h *hedge) race() {
 		tried = append(tried, ep)
 		inflight++
 		hedges++
+		s.obs.hedges.Add(1) // lodestar.client.hedges
 		go func() {
 			resp, class, _, err := s.attemptOn(h.ctx, own, h.req, ep, body)
 			h.results <- hedgeResult{own: own, ep: ep, resp: resp, class: class, err: err}

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/lodestar-go/lodestar/balancer"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/internal/monotime"
@@ -65,6 +67,13 @@ type Options struct {
 	// Rand is the random source of every service's balancer (see
 	// balancer.Options.Rand). nil means math/rand/v2; tests set a seeded one.
 	Rand func() uint64
+	// MeterProvider makes the Transport's OpenTelemetry instruments (see
+	// metrics.go and the README's "Observability"). nil means
+	// otel.GetMeterProvider(), a no-op unless the application set one.
+	MeterProvider metric.MeterProvider
+	// MetricsOmitEndpoint leaves endpoint addresses out of metric
+	// attributes, for services with many endpoints.
+	MetricsOmitEndpoint bool
 }
 
 // UnknownServiceError is returned for a request whose host names no service
@@ -119,6 +128,8 @@ type Transport struct {
 	names    []string
 	pass     bool
 	closed   atomic.Bool
+	logger   *slog.Logger
+	metrics  *transportMetrics // nil when the meter refused (metrics.go)
 }
 
 type service struct {
@@ -137,6 +148,8 @@ type service struct {
 
 	// Hedging, when the policy has a hedge section (see hedging.go).
 	hedging
+
+	obs serviceObs // request and hedge counters (metrics.go)
 }
 
 // NewTransport starts a Transport for the services in opts. It validates every
@@ -154,7 +167,7 @@ func NewTransport(opts Options) (*Transport, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	t := &Transport{base: base, services: make(map[string]*service, len(opts.Services)), pass: opts.PassThrough}
+	t := &Transport{base: base, services: make(map[string]*service, len(opts.Services)), pass: opts.PassThrough, logger: logger}
 
 	type pending struct {
 		svc  *service
@@ -222,6 +235,10 @@ func NewTransport(opts Options) (*Transport, error) {
 			Logger:    logger,
 			Rand:      opts.Rand,
 			OnDrained: svc.drained,
+			Door:      "http",
+			// Observability: metrics.go, balancer/metrics.go.
+			MeterProvider:       opts.MeterProvider,
+			MetricsOmitEndpoint: opts.MetricsOmitEndpoint,
 		})
 		if err != nil { // validated above; kept for safety
 			t.Close()
@@ -229,6 +246,7 @@ func NewTransport(opts Options) (*Transport, error) {
 		}
 		svc.engine = eng
 	}
+	t.startMetrics(opts)
 	for _, p := range ps {
 		p.svc.engine.Start(p.feed)
 	}
@@ -322,15 +340,20 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ep, err := svc.engine.Pick(svc.affinity.pickInfo(ctx, req))
 	if err != nil {
 		closeBody(req)
+		svc.countAnswer(ctx, nil, err)
 		if err == balancer.ErrClosed {
 			err = errClosed
 		}
 		return nil, err
 	}
+	var resp *http.Response
 	if svc.policy != nil {
-		return svc.roundTrip(ctx, req, ep)
+		resp, err = svc.roundTrip(ctx, req, ep)
+	} else {
+		resp, err = svc.send(ctx, req, ep)
 	}
-	return svc.send(ctx, req, ep)
+	svc.countAnswer(ctx, resp, err) // metrics.go
+	return resp, err
 }
 
 // pauseFor keeps ep out of new picks for as long as its Retry-After asks
@@ -526,6 +549,7 @@ func (t *Transport) Close() error {
 	if t.closed.Swap(true) {
 		return nil
 	}
+	t.stopMetrics()
 	for _, s := range t.services {
 		if s.engine != nil {
 			s.engine.Close()

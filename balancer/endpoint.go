@@ -75,6 +75,8 @@ type Endpoint struct {
 	brk   atomic.Pointer[breaker.Breaker] // circuit breaker, when on
 	gate  atomic.Uint32                   // gateHalfOpen while the breaker is half-open
 	seen  atomic.Uint64                   // outcomes counted at the last HasTraffic call
+
+	obs *endpointObs // recent latencies, metric attributes (observe.go); set before the endpoint is published
 }
 
 func newEndpoint(info resolver.Endpoint, now time.Time) *Endpoint {

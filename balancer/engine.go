@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/health"
 	"github.com/lodestar-go/lodestar/resolver"
@@ -45,6 +47,19 @@ type Options struct {
 	// connections then. It runs on the goroutine that finished the last request
 	// or applied the update, without the engine's lock held.
 	OnDrained func(ep *Endpoint)
+
+	// Observability (observe.go, metrics.go).
+
+	// Door names the front door that owns the engine ("http", "grpc"), for
+	// metrics and debug pages.
+	Door string
+	// MeterProvider makes the engine's OpenTelemetry instruments (see
+	// metrics.go for the list). nil means otel.GetMeterProvider(): a no-op
+	// unless the application installed one.
+	MeterProvider metric.MeterProvider
+	// MetricsOmitEndpoint leaves the endpoint's address out of metric
+	// attributes, for services with many endpoints.
+	MetricsOmitEndpoint bool
 }
 
 // Engine is the load balancer for one service: it holds the endpoint set, keeps
@@ -90,6 +105,8 @@ type Engine struct {
 	cancel context.CancelFunc // stops the feed started by Start
 	unsub  func()             // ends a Subscriber feed's subscription
 	wg     sync.WaitGroup
+
+	obs *engineObs // events ring, logs, metrics (observe.go); set by NewEngine
 }
 
 // mode is what the configuration means on the request path, replaced whole by
@@ -163,6 +180,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	e.mode.Store(newMode(cfg, e.alg, e.prot))
 	e.rebuildLocked()
 	e.mu.Unlock()
+	e.startObserving()
 	if cfg.HealthCheck != nil {
 		if err := e.startChecker(cfg.HealthCheck); err != nil {
 			e.Close()
@@ -285,6 +303,7 @@ func (e *Engine) Close() error {
 		checker.Close()
 	}
 	e.wg.Wait()
+	e.stopObserving()
 	return nil
 }
 
@@ -621,6 +640,9 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 	if m.detector != nil || m.breakers {
 		e.record(m, ep, o)
 	}
+	if ob := ep.obs; ob != nil { // recent latencies, duration histogram (observe.go)
+		ob.record(o)
+	}
 	// release, by hand: Done is the hot path and release does not inline.
 	n := ep.inflight.Add(-1)
 	if ep.inTotal.Load() > 0 {
@@ -729,6 +751,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 	e.rebuildLocked()
 	e.mu.Unlock()
 	e.dispatch()
+	e.observeAnswer() // metrics, the recovery log line (observe.go)
 	if added > 0 || removedN > 0 {
 		e.syncChecker()
 	}
@@ -745,12 +768,12 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 // ReportError records a discovery error (it implements resolver.Sink). The
 // endpoint set in force stays; the error shows in no-endpoint errors and logs.
 func (e *Engine) ReportError(err error) {
-	e.opts.Logger.Warn("lodestar: discovery error", "service", e.opts.Service, "error", err)
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	defer func() { e.mu.Unlock(); e.dispatch() }()
 	if e.closed {
 		return
 	}
+	e.emit(Event{Kind: DiscoveryError, Why: err.Error()}) // logged, rate-limited, by observe
 	e.feedErr = err
 	if e.awaiting || len(e.snap.Load().endpoints) == 0 {
 		e.awaiting = false

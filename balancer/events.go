@@ -28,10 +28,13 @@ const (
 	// from what to what ("circuit breaker half-open → closed"). An open
 	// breaker also sets BreakerOpen (a ConditionChanged event).
 	BreakerChanged
+	// DiscoveryError: discovery failed (Why is the error); the endpoint set
+	// in force stays.
+	DiscoveryError
 )
 
 var eventKindNames = [...]string{"", "endpoint added", "endpoint removed", "endpoint drained",
-	"condition changed", "panic started", "panic ended", "breaker changed"}
+	"condition changed", "panic started", "panic ended", "breaker changed", "discovery error"}
 
 // String names the kind.
 func (k EventKind) String() string {

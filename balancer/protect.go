@@ -109,6 +109,7 @@ func (e *Engine) setProtectionLocked(cfg Config) (retired *health.Checker) {
 
 // attachLocked gives ep what p needs: outlier statistics and a breaker.
 func (e *Engine) attachLocked(ep *Endpoint, p *protection, rebuildBreakers bool) {
+	e.observeEndpointLocked(ep)
 	if p.detector != nil && ep.stats.Load() == nil {
 		ep.stats.Store(health.NewStats())
 	}
@@ -190,8 +191,15 @@ func (e *Engine) ejectInline(ep *Endpoint, st *health.Stats, d *health.Detector,
 	}
 }
 
+// The Why of ejections and of their expiry (metrics.go reads the detector
+// back from it).
+const (
+	ejectPrefix    = "outlier detection: "
+	unejectExpired = "outlier detection: ejection time over"
+)
+
 func ejectWhy(why health.Reason, d time.Duration) string {
-	return fmt.Sprintf("outlier detection: %s, ejected for %v", why, d)
+	return fmt.Sprintf(ejectPrefix+"%s, ejected for %v", why, d)
 }
 
 // outlierLoop runs the interval detectors every interval until stop closes.
@@ -231,7 +239,7 @@ func (e *Engine) evaluate(d *health.Detector) {
 		if ep == nil {
 			continue
 		}
-		why := "outlier detection: ejection time over"
+		why := unejectExpired
 		if a.Eject {
 			why = ejectWhy(a.Why, a.Until.Sub(now))
 		}

@@ -113,6 +113,8 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/lodestar-go/lodestar/balancer"
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/internal/monotime"
@@ -150,6 +152,14 @@ type Options struct {
 	// and outcomes (metrics, debug pages, tests). It runs on grpc's balancer
 	// goroutine and must not block.
 	OnEngine func(target string, e *balancer.Engine)
+	// MeterProvider makes the engines' OpenTelemetry instruments (see
+	// balancer.MetricAttempts and the others; lodestar.door is "grpc").
+	// nil means otel.GetMeterProvider(), a no-op unless the application
+	// set one.
+	MeterProvider metric.MeterProvider
+	// MetricsOmitEndpoint leaves endpoint addresses out of metric
+	// attributes, for channels with many endpoints.
+	MetricsOmitEndpoint bool
 }
 
 // NewBuilder returns a grpc balancer builder for the lodestar policy with opts.
@@ -193,6 +203,7 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, bOpts grpcbalancer.BuildOpti
 		ClientConn: cc,
 		opts:       b.opts,
 		service:    bOpts.Target.Endpoint(),
+		target:     resolver.Redact(bOpts.Target.String()),
 		states:     gresolver.NewEndpointMap[*endpointState](),
 		byKey:      map[string]*endpointState{},
 		gate:       new(gate),
@@ -243,6 +254,7 @@ type policy struct {
 	child     grpcbalancer.Balancer
 	opts      Options
 	service   string
+	target    string // the channel's target, redacted: for debug pages
 	gate      *gate
 	targetErr error                            // the target cannot work (a scheme grpc does not know): every RPC fails with it
 	creds     credentials.TransportCredentials // the channel's, for lodestar's gRPC health checks
@@ -341,6 +353,8 @@ func (p *policy) configureLocked(cfg *lbConfig) error {
 		Health: balancer.HealthOptions{GRPCCredentials: p.creds},
 		// Not eligible until its child reports READY (syncEngineLocked).
 		InitialConditions: balancer.NotConnected,
+		// Observability: metrics, debug pages (balancer/debugpage).
+		Door: "grpc", Target: p.target, MeterProvider: p.opts.MeterProvider, MetricsOmitEndpoint: p.opts.MetricsOmitEndpoint,
 	})
 	if err != nil {
 		return err

@@ -19,6 +19,12 @@
 // steers away from a bad backend by itself leaves the protections less to do
 // (peak EWMA avoids both, least request the slow one). It needs nothing
 // installed and finishes in a few seconds.
+//
+// While it runs it serves lodestar's debug page (package balancer/debugpage)
+// on 127.0.0.1 and prints its address: open it (add ?refresh=1) to watch each
+// algorithm's balancer, its endpoints' states, latencies and shares, and the
+// ejections and breaker trips as they happen. -debug-addr picks the address;
+// -linger keeps the page up for a while after the last run.
 package main
 
 import (
@@ -26,7 +32,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -40,7 +48,17 @@ import (
 
 	"github.com/lodestar-go/lodestar"
 	"github.com/lodestar-go/lodestar/balancer"
+	"github.com/lodestar-go/lodestar/balancer/debugpage"
 	"github.com/lodestar-go/lodestar/resolver"
+)
+
+var (
+	debugAddr = flag.String("debug-addr", "127.0.0.1:0", "address of the debug page")
+	linger    = flag.Duration("linger", 0, "how long to keep the debug page up after the last run")
+	logs      = flag.Bool("log", false, "show lodestar's log (state changes: ejections, breakers) on stderr")
+	// onTransport, when set (tests), is called with the debug page's URL
+	// once each run's Transport is up.
+	onTransport func(pageURL string)
 )
 
 type backendSpec struct {
@@ -88,6 +106,17 @@ func main() {
 }
 
 func run(out io.Writer, requests, concurrency int) error {
+	// The debug page, for as long as the demo runs.
+	ln, err := net.Listen("tcp", *debugAddr)
+	if err != nil {
+		return fmt.Errorf("debug page: %w", err)
+	}
+	page := &http.Server{Handler: debugpage.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go page.Serve(ln)
+	defer page.Close()
+	pageURL := "http://" + ln.Addr().String() + "/"
+	fmt.Fprintf(out, "debug page: %s?refresh=1 (while the demo runs)\n", pageURL)
+
 	var eps []resolver.Endpoint
 	for i, s := range specs {
 		srv := startBackend(s, uint64(i))
@@ -105,7 +134,7 @@ func run(out io.Writer, requests, concurrency int) error {
 		if err != nil {
 			return err
 		}
-		res, err := drive(alg, eps, requests, concurrency)
+		res, err := drive(alg, eps, requests, concurrency, pageURL)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -115,6 +144,10 @@ func run(out io.Writer, requests, concurrency int) error {
 		if res.sendErrs > 0 {
 			return fmt.Errorf("%s: %d of %d requests got no answer; the first: %w", name, res.sendErrs, res.total, res.firstErr)
 		}
+	}
+	if *linger > 0 {
+		fmt.Fprintf(out, "the debug page stays up for %v: %s\n", *linger, pageURL)
+		time.Sleep(*linger) // the user asked to keep the page up
 	}
 	return nil
 }
@@ -190,7 +223,7 @@ func (p *protections) record(ev balancer.Event) {
 }
 
 // drive sends requests through a lodestar Transport configured with alg.
-func drive(alg balancer.Algorithm, eps []resolver.Endpoint, requests, concurrency int) (*result, error) {
+func drive(alg balancer.Algorithm, eps []resolver.Endpoint, requests, concurrency int, pageURL string) (*result, error) {
 	feed, err := resolver.NewStatic(eps...)
 	if err != nil {
 		return nil, err
@@ -203,9 +236,16 @@ func drive(alg balancer.Algorithm, eps []resolver.Endpoint, requests, concurrenc
 	cfg.Affinity.Header = "X-User"
 	base := http.DefaultTransport.(*http.Transport).Clone()
 	base.MaxIdleConnsPerHost = concurrency // keep connections: the default of 2 churns them
+	// lodestar logs each ejection and breaker trip (Warn) and their ends
+	// (Info); the tables below count them, so the log is off unless -log.
+	logger := slog.New(slog.DiscardHandler)
+	if *logs {
+		logger = slog.Default()
+	}
 	tr, err := lodestar.NewTransport(lodestar.Options{
 		Base:     base,
 		Services: map[string]lodestar.Service{"demo": {Feed: feed, Config: cfg}},
+		Logger:   logger,
 	})
 	if err != nil {
 		return nil, err
@@ -213,6 +253,9 @@ func drive(alg balancer.Algorithm, eps []resolver.Endpoint, requests, concurrenc
 	defer tr.Close()
 	prot := newProtections()
 	defer tr.Engine("demo").Subscribe(prot.record)()
+	if onTransport != nil && pageURL != "" {
+		onTransport(pageURL)
+	}
 	// No waiting here: a static feed's list is in force when NewTransport
 	// returns, so the very first request already has every backend to pick
 	// from (other feeds make the first requests wait for their first answer).

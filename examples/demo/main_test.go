@@ -1,11 +1,14 @@
 package main
 
 import (
+	"encoding/json"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/lodestar-go/lodestar/balancer"
+	"github.com/lodestar-go/lodestar/balancer/debugpage"
 	"github.com/lodestar-go/lodestar/resolver"
 )
 
@@ -17,10 +20,39 @@ import (
 // only the rows' shape is checked: a "-" or a count per backend).
 func TestDemoRuns(t *testing.T) {
 	var out strings.Builder
+	// While each run goes, its balancer is on the debug page the demo serves.
+	var pages, shown int
+	onTransport = func(url string) {
+		pages++
+		resp, err := http.Get(url + "?format=json")
+		if err != nil {
+			t.Errorf("the debug page: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		var page debugpage.Page
+		if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+			t.Errorf("the debug page's JSON: %v", err)
+			return
+		}
+		for _, b := range page.Balancers {
+			if b.Service == "demo" && b.Door == "http" && len(b.Endpoints) == len(specs) {
+				shown++
+				return
+			}
+		}
+	}
+	defer func() { onTransport = nil }()
 	if err := run(&out, 200, 4); err != nil {
 		t.Fatal(err)
 	}
 	s := out.String()
+	if !regexp.MustCompile(`(?m)^debug page: http://127\.0\.0\.1:\d+/\?refresh=1`).MatchString(s) {
+		t.Errorf("the demo does not print the debug page's address:\n%s", s)
+	}
+	if n := len(balancer.Algorithms()); pages != n || shown != n {
+		t.Errorf("the debug page was read during %d of %d runs and showed the demo's balancer in %d", pages, n, shown)
+	}
 	for _, name := range balancer.Algorithms() {
 		i := strings.Index(s, "== "+name+"  (200 requests")
 		if i < 0 {
@@ -80,7 +112,7 @@ func TestFirstRequestsNeedNoWait(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				res, err := drive(alg, eps, n, n)
+				res, err := drive(alg, eps, n, n, "")
 				if err != nil {
 					t.Fatal(err)
 				}
