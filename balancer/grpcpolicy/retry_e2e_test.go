@@ -652,5 +652,8 @@ func TestGRPCHedgePercentileDelay(t *testing.T) {
 			t.Fatalf("call %d: %v (not hedged)", i, err)
 		}
 	}
-	eventually(t, "the slow attempts to be cancelled", 5*time.Second, func() bool { return slow.canceled.Load() == 6 })
+	// Each succeeded, so the hedge answered; the hung attempts were cancelled
+	// (and maybe some hedges of the warm-up's slower calls that landed on the
+	// hung endpoint: half the calls are above the median).
+	eventually(t, "the slow attempts to be cancelled", 5*time.Second, func() bool { return slow.canceled.Load() >= 6 })
 }
