@@ -204,6 +204,11 @@ func TestHedgeReplaysBodyIdentically(t *testing.T) {
 	if slow.n.Load() == 0 {
 		t.Fatal("no attempt reached the slow server")
 	}
+	fast.mu.Lock()
+	if len(fast.sums) != 4 {
+		t.Errorf("the hedges' server received %d whole bodies, want 4", len(fast.sums))
+	}
+	fast.mu.Unlock()
 	for _, c := range []*counter{slow, fast} {
 		c.mu.Lock()
 		for i, s := range c.sums {

@@ -148,20 +148,11 @@ func (s *service) retryFrom(ctx context.Context, req *http.Request, ep *balancer
 // testHookBackoff, when set, is called as a retry starts waiting d.
 var testHookBackoff atomic.Pointer[func(d time.Duration)]
 
-// backoffWait waits d, or until ctx ends (its error is returned then).
+// backoffWait waits d (retry.Wait), or until ctx ends (its error is
+// returned then).
 func backoffWait(ctx context.Context, d time.Duration) error {
 	if h := testHookBackoff.Load(); h != nil {
 		(*h)(d)
 	}
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return retry.Wait(ctx, d)
 }

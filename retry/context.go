@@ -1,6 +1,9 @@
 package retry
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 type idempotentKey struct{}
 
@@ -15,3 +18,19 @@ func WithIdempotent(ctx context.Context) context.Context {
 
 // IsIdempotent reports whether ctx carries the mark of WithIdempotent.
 func IsIdempotent(ctx context.Context) bool { return ctx.Value(idempotentKey{}) != nil }
+
+// Wait waits d, the delay before a retry, or until ctx ends, whose error it
+// returns then (at once, whatever is left of d). d ≤ 0 returns ctx.Err().
+func Wait(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

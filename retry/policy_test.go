@@ -1,6 +1,7 @@
 package retry_test
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -217,5 +218,19 @@ func TestPolicyClamps(t *testing.T) {
 	b := retry.NewBudget(retry.BudgetConfig{Ratio: &nan}, func() time.Duration { return 0 })
 	if n := b.Available(); n != 100 {
 		t.Fatalf("NaN ratio: %d available, want the reserve, 100", n)
+	}
+}
+
+func TestWait(t *testing.T) {
+	if err := retry.Wait(context.Background(), time.Millisecond); err != nil {
+		t.Fatalf("Wait = %v, want nil", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := retry.Wait(ctx, time.Hour); err != context.Canceled {
+		t.Fatalf("Wait on a cancelled context = %v, want context.Canceled at once", err)
+	}
+	if err := retry.Wait(ctx, 0); err != context.Canceled {
+		t.Fatalf("Wait(0) on a cancelled context = %v", err)
 	}
 }

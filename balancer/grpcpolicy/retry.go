@@ -589,20 +589,11 @@ func (r *Retries) hedged(ctx context.Context, cs *callState, ch *channelRetry, m
 	}
 }
 
-// backoffWait waits d, or until ctx ends (its error is returned then).
+// backoffWait waits d (retry.Wait), or until ctx ends (its error is
+// returned then).
 func backoffWait(ctx context.Context, d time.Duration) error {
 	if h := testHookBackoff.Load(); h != nil {
 		(*h)(d)
 	}
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return retry.Wait(ctx, d)
 }
