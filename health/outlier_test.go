@@ -20,7 +20,7 @@ func TestOutlierDefaults(t *testing.T) {
 	want := OutlierDetection{
 		ConsecutiveFailures: intp(5), ConsecutiveGatewayFailures: intp(0), ConsecutiveLocalOriginFailures: intp(0),
 		ConsecutiveConnectionFailures: intp(0),
-		Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second,
+		Interval:                      10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second,
 		MaxEjectionPercent: intp(10),
 		SuccessRate:        &SuccessRate{MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1.9},
 		FailurePercentage:  &FailurePercentage{Threshold: 85, MinimumHosts: 5, RequestVolume: 50},
