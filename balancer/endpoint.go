@@ -70,6 +70,7 @@ type Endpoint struct {
 	attached atomic.Pointer[any]
 	epoch    int64         // unix nanoseconds when the endpoint was created
 	ewma     atomic.Uint64 // peak EWMA state, see peakewma.go
+	penalty  atomic.Uint64 // failure weight, see penalty.go
 
 	stats atomic.Pointer[health.Stats]    // outlier detection's, when on
 	brk   atomic.Pointer[breaker.Breaker] // circuit breaker, when on
@@ -164,6 +165,7 @@ func (ep *Endpoint) setCondition(c Condition, on bool, now time.Time) (changed b
 	ep.conds.Store(uint32(nc))
 	if old != 0 && nc == 0 {
 		ep.since.Store(now.UnixNano())
+		ep.returned()
 	}
 	return (old == 0) != (nc == 0)
 }

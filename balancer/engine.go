@@ -103,6 +103,7 @@ type mode struct {
 	breakers         bool             // endpoints have circuit breakers
 	observer         OutcomeObserver  // the algorithm, if it observes outcomes
 	trackTotal       bool             // the algorithm is TotalCounting: keep total
+	recordAll        bool             // protections need every outcome, not only failures (see penalty.go)
 }
 
 func newMode(cfg Config, alg Algorithm, p *protection) *mode {
@@ -113,6 +114,7 @@ func newMode(cfg Config, alg Algorithm, p *protection) *mode {
 	}
 	m.detector, m.breakers = p.detector, p.breakers != nil
 	m.gated = m.maxInFlight > 0 || m.breakers
+	m.recordAll = m.breakers || m.detector != nil && m.detector.Periodic()
 	m.observer, _ = alg.(OutcomeObserver)
 	_, m.trackTotal = alg.(TotalCounting)
 	return m
@@ -616,7 +618,10 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 		}
 		m.observer.Observe(ep, o, at)
 	}
-	if m.detector != nil || m.breakers {
+	// Failures, and the outcomes after them, go the slow way (penalty.go).
+	if w := ep.penalty.Load(); w != 0 || o.Class.Failure() {
+		e.failed(m, ep, o, w)
+	} else if m.recordAll {
 		e.record(m, ep, o)
 	}
 	// release, by hand: Done is the hot path and release does not inline.
