@@ -45,8 +45,8 @@ import (
 // failures and for outcomes on endpoints that carry weight, with the
 // outcome's time (outcome.Outcome.At, or the engine's clock).
 //
-// Peak EWMA scores failures its own way, as latency (PeakEWMA.FailurePenalty,
-// Finagle's and Linkerd's way). Round robin, random and the hashing
+// Peak EWMA scores failures its own way, as latency (PeakEWMA.FailurePenalty).
+// Round robin, random and the hashing
 // algorithms do not score endpoints; failure accrual (the default outlier
 // detection, see Config.FailureAccrual) takes a dead endpoint out of them.
 const (
