@@ -93,7 +93,8 @@ type Config struct {
 	// whose outcomes say they are failing or slow are Ejected for a while.
 	// The consecutive-failure detectors act inline, on the very next pick;
 	// success rate, failure percentage and latency run every interval. nil,
-	// the default, is off. See health.OutlierDetection.
+	// the default, runs only the default failure accrual (FailureAccrual).
+	// See health.OutlierDetection.
 	OutlierDetection *health.OutlierDetection `json:"outlierDetection,omitempty"`
 	// FailureAccrual is the outlier detection that runs when OutlierDetection
 	// is nil (Finagle's failure accrual, on by default as there): an

@@ -619,8 +619,8 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 		m.observer.Observe(ep, o, at)
 	}
 	// Failures, and the outcomes after them, go the slow way (penalty.go).
-	if w := ep.penalty.Load(); w != 0 || o.Class.Failure() {
-		e.failed(m, ep, o, w)
+	if ep.penalty.Load() != 0 || o.Class.Failure() {
+		e.failed(m, ep, o)
 	} else if m.recordAll {
 		e.record(m, ep, o)
 	}

@@ -137,7 +137,7 @@ func (ep *Endpoint) returned() { ep.ewma.Store(0) }
 // outcomes: see mode.recordAll).
 //
 //go:noinline
-func (e *Engine) failed(m *mode, ep *Endpoint, o outcome.Outcome, w uint64) {
+func (e *Engine) failed(m *mode, ep *Endpoint, o outcome.Outcome) {
 	if o.Class.Counted() {
 		at := o.At
 		if at.IsZero() {
@@ -158,12 +158,17 @@ type weightClock struct {
 	ok  bool
 }
 
-// weight returns ep's failure weight, reading the clock on first need.
+// weight returns ep's failure weight, reading the clock on first need. The
+// common case, no weight, inlines into the pick.
 func (c *weightClock) weight(ep *Endpoint) float64 {
-	v := ep.penalty.Load()
-	if v == 0 {
-		return 0
+	if v := ep.penalty.Load(); v != 0 {
+		return c.decayed(v)
 	}
+	return 0
+}
+
+// decayed returns the weight in word v (non-zero) at the pick's time.
+func (c *weightClock) decayed(v uint64) float64 {
 	if !c.ok {
 		now := time.Now
 		if c.now != nil {
