@@ -72,22 +72,11 @@ func share(a, b map[string]int64, addr string) (float64, int64) {
 	return float64(b[addr]-a[addr]) / float64(total), total
 }
 
-// reservedAddr returns the address of a listener it closed: connections to it
-// are refused until relisten takes the port again.
-func reservedAddr(t *testing.T) string {
+// relisten starts a backend on addr again (the "comes back" phase), after
+// release frees the port.
+func relisten(t *testing.T, addr string, release func(), h http.Handler) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
-// relisten starts a backend on addr again (the "comes back" phase).
-func relisten(t *testing.T, addr string, h http.Handler) {
-	t.Helper()
+	release()
 	var l net.Listener
 	var err error
 	for range 50 { // the port was ours; only a stray dial's TIME_WAIT could hold it a moment
@@ -189,7 +178,7 @@ func TestE2EDeadEndpointRepelledByDefault(t *testing.T) {
 				t.Cleanup(backends[i].Close)
 				addrs = append(addrs, backends[i].Listener.Addr().String())
 			}
-			dead := reservedAddr(t)
+			dead, release := reservedAddr(t)
 			addrs = append(addrs, dead)
 			eps := make([]resolver.Endpoint, len(addrs))
 			for i, a := range addrs {
@@ -232,33 +221,37 @@ func TestE2EDeadEndpointRepelledByDefault(t *testing.T) {
 				t.Fatalf("the dead endpoint got %.2f%% of %d attempts after the first second, want ≤ 2%%", sh*100, total)
 			}
 			periods, why := ej.get()
-			if len(periods) == 0 {
-				t.Fatalf("the dead endpoint was never ejected (%d attempts on it)", s2[dead])
-			}
-			if !strings.Contains(why[0], "consecutive_connection_failures") {
-				t.Fatalf("ejected for %q, want consecutive_connection_failures", why[0])
-			}
-			if d := periods[0][0].Sub(start); d > time.Second {
-				t.Errorf("first ejection %v after the start, want within the first second", d)
+			switch {
+			case len(periods) > 0:
+				if !strings.Contains(why[0], "consecutive_connection_failures") {
+					t.Fatalf("ejected for %q, want consecutive_connection_failures", why[0])
+				}
+				if d := periods[0][0].Sub(start); d > time.Second {
+					t.Errorf("first ejection %v after the start, want within the first second", d)
+				}
+			case s2[dead] >= 5:
+				t.Fatalf("%d attempts on the dead endpoint, and it was never ejected", s2[dead])
+			default:
+				// The failure scores kept it under accrual's 5 failures
+				// (peak_ewma can): nothing to eject.
+				t.Logf("not ejected: the scores kept it to %d attempts", s2[dead])
 			}
 
 			// It comes back up.
 			var served atomic.Int64
-			relisten(t, dead, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			relisten(t, dead, release, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				served.Add(1)
 				io.WriteString(w, "back")
 			}))
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				periods, _ = ej.get()
-				if p := periods[len(periods)-1]; !p[1].IsZero() && served.Load() > 0 {
-					break
-				}
+			ep := tr.Engine("svc").Endpoint(dead)
+			deadline := time.Now().Add(25 * time.Second)
+			for ep.Conditions()&balancer.Ejected != 0 || served.Load() == 0 {
 				if time.Now().After(deadline) {
-					t.Fatalf("20s after it came back, the endpoint is still ejected or unserved (served %d)", served.Load())
+					t.Fatalf("25s after it came back, the endpoint is still %v, served %d", ep.Conditions(), served.Load())
 				}
 				time.Sleep(20 * time.Millisecond) // polling for an eventually-true state
 			}
+			periods, _ = ej.get()
 			s3 := counter.snapshot()
 			time.Sleep(1500 * time.Millisecond)
 			s4 := counter.snapshot()
@@ -317,7 +310,7 @@ func TestE2EScoresRepelDeadEndpoint(t *testing.T) {
 				t.Cleanup(srv.Close)
 				addrs = append(addrs, srv.Listener.Addr().String())
 			}
-			dead := reservedAddr(t)
+			dead, _ := reservedAddr(t)
 			addrs = append(addrs, dead)
 			eps := make([]resolver.Endpoint, len(addrs))
 			for i, a := range addrs {

@@ -18,7 +18,7 @@ import (
 // gateway or server error, overloaded) leaves a weight on its endpoint that
 // least_request (plain and weighted) adds to the endpoint's requests in flight,
 // and bounded_load to its load against the cap: a failure counts as a request
-// still in flight, that fades.
+// still in flight, that fades. (Peak EWMA turns it into latency, below.)
 //
 //   - Each failure adds FailureWeight (1): one phantom request in flight.
 //   - The weight decays exponentially with time constant FailureWeightDecay
@@ -45,8 +45,8 @@ import (
 // failures and for outcomes on endpoints that carry weight, with the
 // outcome's time (outcome.Outcome.At, or the engine's clock).
 //
-// Peak EWMA scores failures its own way, as latency (PeakEWMA.FailurePenalty).
-// Round robin, random and the hashing
+// Peak EWMA adds PeakEWMA.FailurePenalty (a latency) per unit of the same
+// weight to an endpoint's cost. Round robin, random and the hashing
 // algorithms do not score endpoints; failure accrual (the default outlier
 // detection, see Config.FailureAccrual) takes a dead endpoint out of them.
 const (

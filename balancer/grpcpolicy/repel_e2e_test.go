@@ -218,11 +218,17 @@ func TestE2EGRPCResettingEndpointRepelledByDefault(t *testing.T) {
 				first = why[0]
 			}
 			mu.Unlock()
-			if n == 0 {
+			switch {
+			case n > 0:
+				if !strings.Contains(first, "consecutive_connection_failures") {
+					t.Fatalf("ejected for %q, want consecutive_connection_failures", first)
+				}
+			case ep.Outcomes(outcome.LocalError) >= 5:
 				t.Fatalf("never ejected (local errors %d, server errors %d)", ep.Outcomes(outcome.LocalError), ep.Outcomes(outcome.ServerError))
-			}
-			if !strings.Contains(first, "consecutive_connection_failures") {
-				t.Fatalf("ejected for %q, want consecutive_connection_failures", first)
+			default:
+				// The failure scores kept it under accrual's 5 failures
+				// (peak_ewma can): nothing to eject.
+				t.Logf("not ejected: the scores kept it to %d local errors", ep.Outcomes(outcome.LocalError))
 			}
 			if ejectedNow && stillEjected && c2[5] != c1[5] {
 				t.Fatalf("%d streams reached the endpoint while it was ejected", c2[5]-c1[5])
@@ -230,8 +236,9 @@ func TestE2EGRPCResettingEndpointRepelledByDefault(t *testing.T) {
 
 			// Repaired: it serves again, and is back when its ejection ends.
 			bad.broken.Store(0)
-			eventually(t, "the repaired endpoint's ejection to end", 20*time.Second, func() bool {
-				return ep.Conditions()&balancer.Ejected == 0
+			served := bad.calls.Load()
+			eventually(t, "the repaired endpoint to be back and served", 25*time.Second, func() bool {
+				return ep.Conditions()&balancer.Ejected == 0 && ep.Outcomes(outcome.Success) > 0 && bad.calls.Load() > served
 			})
 			c3 := h2Counts(bs)
 			time.Sleep(1500 * time.Millisecond)
