@@ -88,6 +88,19 @@ func refusedAddr(t *testing.T) string {
 
 func retryTransport(t *testing.T, rc retry.Config, addrs ...string) *lodestar.Transport {
 	t.Helper()
+	return retryTransportConfig(t, balancer.Config{Retry: &rc}, addrs...)
+}
+
+// retryTransportKeepBad is retryTransport with failure accrual off: for
+// tests whose bad endpoint (refusing or resetting connections) must stay in
+// rotation, which the default accrual would eject after 5 failures.
+func retryTransportKeepBad(t *testing.T, rc retry.Config, addrs ...string) *lodestar.Transport {
+	t.Helper()
+	return retryTransportConfig(t, balancer.Config{Retry: &rc, FailureAccrual: new(false)}, addrs...)
+}
+
+func retryTransportConfig(t *testing.T, cfg balancer.Config, addrs ...string) *lodestar.Transport {
+	t.Helper()
 	eps := make([]resolver.Endpoint, len(addrs))
 	for i, a := range addrs {
 		eps[i] = resolver.Endpoint{Address: a}
@@ -100,7 +113,7 @@ func retryTransport(t *testing.T, rc retry.Config, addrs ...string) *lodestar.Tr
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newTransport(t, feed, balancer.Config{Retry: &rc}, func(o *lodestar.Options) { o.Base = base })
+	return newTransport(t, feed, cfg, func(o *lodestar.Options) { o.Base = base })
 }
 
 func fastBackoff() retry.BackoffConfig {
@@ -128,7 +141,7 @@ func sendRead(t *testing.T, tr *lodestar.Transport, req *http.Request) (*http.Re
 func TestRetryPOSTThatReachedServerIsNeverSentTwice(t *testing.T) {
 	bad := newCounter(t, "bad", hijackClose)
 	good := newCounter(t, "good", nil)
-	tr := retryTransport(t, retry.Config{MaxAttempts: 5, RetryOn: []string{"connect_error", "reset", "gateway_error", "timeout", "server_error"}, Backoff: fastBackoff()}, bad.addr(), good.addr())
+	tr := retryTransportKeepBad(t, retry.Config{MaxAttempts: 5, RetryOn: []string{"connect_error", "reset", "gateway_error", "timeout", "server_error"}, Backoff: fastBackoff()}, bad.addr(), good.addr())
 	const n = 20
 	failed := 0
 	for range n {
@@ -172,7 +185,7 @@ func TestRetryPOSTThatReachedServerIsNeverSentTwice(t *testing.T) {
 // another endpoint, with its body.
 func TestRetryRefusedPOSTGoesToAnotherEndpoint(t *testing.T) {
 	good := newCounter(t, "good", nil)
-	tr := retryTransport(t, retry.Config{Backoff: fastBackoff()}, refusedAddr(t), good.addr())
+	tr := retryTransportKeepBad(t, retry.Config{Backoff: fastBackoff()}, refusedAddr(t), good.addr())
 	const n = 10
 	for range n {
 		req, _ := http.NewRequest("POST", "http://svc/orders", bytes.NewReader([]byte("one order")))

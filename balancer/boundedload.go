@@ -1,6 +1,9 @@
 package balancer
 
-import "math"
+import (
+	"math"
+	"time"
+)
 
 func init() { Register("bounded_load", func() Algorithm { return &BoundedLoad{} }) }
 
@@ -19,6 +22,11 @@ func init() { Register("bounded_load", func() Algorithm { return &BoundedLoad{} 
 // an endpoint is claimed, and claims are compare-and-swap (Endpoint.TryAcquire).
 // A pick costs a ring lookup plus one atomic add on the engine-wide total; each
 // full endpoint on the walk costs one more compare.
+//
+// An endpoint's recent failures count against its cap as requests in flight
+// (its failure weight, see FailureWeight): an endpoint that fails fast takes
+// fewer requests, and a key whose endpoint keeps failing spills to the next
+// one on the ring.
 //
 // JSON name "bounded_load"; options in JSON:
 // {"balance": 1.25, "pointsPerEndpoint": 100, "fallback": "random"}.
@@ -78,7 +86,7 @@ func (a *BoundedLoad) Build(info BuildInfo) Picker {
 	} else {
 		p = &blPicker[uint32]{ring: buildRing[uint32](info.Endpoints, counts), share: share, add: add}
 	}
-	p.initKeyless(a.Fallback, info)
+	p.initKeyless(a.Fallback, info, info.Now)
 	return p
 }
 
@@ -97,7 +105,7 @@ func sumInFlight(eps []*Endpoint) func(int64) int64 {
 
 type boundedPicker interface {
 	SelfCounting
-	initKeyless(mode string, info BuildInfo)
+	initKeyless(mode string, info BuildInfo, now func() time.Time)
 }
 
 type blPicker[T owner] struct {
@@ -105,9 +113,22 @@ type blPicker[T owner] struct {
 	keyless
 	share []float64         // c·wᵢ/W per endpoint
 	add   func(int64) int64 // the engine's total in flight
+	now   func() time.Time  // for failure weights
 }
 
-func (p *blPicker[T]) initKeyless(mode string, info BuildInfo) { p.keyless.init(mode, info) }
+func (p *blPicker[T]) initKeyless(mode string, info BuildInfo, now func() time.Time) {
+	p.keyless.init(mode, info)
+	p.now = now
+}
+
+// tryAcquire claims ep if its requests in flight plus its failure weight stay
+// within limit.
+func (p *blPicker[T]) tryAcquire(ep *Endpoint, limit int64, clk *weightClock) bool {
+	if ep.penalty.Load() != 0 {
+		limit -= int64(clk.weight(ep))
+	}
+	return ep.TryAcquire(limit)
+}
 
 // CountsInFlight marks the picker as SelfCounting.
 func (p *blPicker[T]) CountsInFlight() {}
@@ -120,11 +141,12 @@ const maxWalks = 64
 
 func (p *blPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 	total := float64(p.add(1))
+	clk := weightClock{now: p.now}
 	if !info.HasHash && p.rr {
 		i := p.index()
 		for range maxWalks {
 			for range p.n {
-				if ep := p.eps[i]; ep.TryAcquire(int64(math.Ceil(total * p.share[i]))) {
+				if ep := p.eps[i]; p.tryAcquire(ep, int64(math.Ceil(total*p.share[i])), &clk) {
 					return ep, nil
 				}
 				if i++; i == p.n {
@@ -145,7 +167,7 @@ func (p *blPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 		i := start
 		for range len(p.hashes) {
 			o := p.owners[i]
-			if p.eps[o].TryAcquire(int64(math.Ceil(total * p.share[o]))) {
+			if p.tryAcquire(p.eps[o], int64(math.Ceil(total*p.share[o])), &clk) {
 				return p.eps[o], nil
 			}
 			if i++; i == len(p.hashes) {

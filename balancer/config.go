@@ -93,8 +93,19 @@ type Config struct {
 	// whose outcomes say they are failing or slow are Ejected for a while.
 	// The consecutive-failure detectors act inline, on the very next pick;
 	// success rate, failure percentage and latency run every interval. nil,
-	// the default, is off. See health.OutlierDetection.
+	// the default, runs only the default failure accrual (FailureAccrual).
+	// See health.OutlierDetection.
 	OutlierDetection *health.OutlierDetection `json:"outlierDetection,omitempty"`
+	// FailureAccrual is the outlier detection that runs when OutlierDetection
+	// is nil (Finagle's failure accrual, on by default as there): an
+	// endpoint whose connections fail 5 times in a row (refused, reset or
+	// TLS failure before any response; not timeouts, not HTTP 5xx or gRPC
+	// status codes) is Ejected for 5s, longer on repeats, up to 30s, never
+	// more than half the endpoints at once. nil (the default) or true: on;
+	// false turns it off ({"failureAccrual": false}; in Go,
+	// FailureAccrual: new(false)). An OutlierDetection section replaces it;
+	// health.DefaultFailureAccrual is the section that does the same.
+	FailureAccrual *bool `json:"failureAccrual,omitempty"`
 	// CircuitBreaker gives every endpoint a circuit breaker (sony/gobreaker):
 	// an open breaker keeps its endpoint out of picks (BreakerOpen), a
 	// half-open one lets only its probes through. nil, the default, is off.

@@ -275,7 +275,7 @@ var goodValues = map[string]string{
 	"service": `"grpc.health.v1.Health"`,
 	// outlierDetection: maxEjectionTime is at least baseEjectionTime (default 30s).
 	"outlierDetection": `{}`, "consecutiveFailures": "5", "consecutiveGatewayFailures": "5",
-	"consecutiveLocalOriginFailures": "5", "baseEjectionTime": `"30s"`, "maxEjectionTime": `"300s"`,
+	"consecutiveLocalOriginFailures": "5", "consecutiveConnectionFailures": "5", "failureAccrual": "false", "baseEjectionTime": `"30s"`, "maxEjectionTime": `"300s"`,
 	"maxEjectionPercent": "10", "successRate": `{}`, "failurePercentage": `{}`, "latency": `{}`,
 	"endEjectionOnHealthy": "true", "minimumHosts": "5", "requestVolume": "100", "stdevFactor": "1.9",
 	"threshold": "85", "quantile": "0.9", "factor": "3",
@@ -393,6 +393,7 @@ var rangeCases = []struct {
 	{"outlierDetection", "consecutiveFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
 	{"outlierDetection", "consecutiveGatewayFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
 	{"outlierDetection", "consecutiveLocalOriginFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
+	{"outlierDetection", "consecutiveConnectionFailures", []string{"-1", "10001"}, []string{"0", "10000"}, "[0, 10000]"},
 	{"outlierDetection", "interval", []string{`"0s"`, `"-1ms"`, `"999µs"`, `"24h0m0.001s"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
 	{"outlierDetection", "baseEjectionTime", []string{`"0s"`, `"999µs"`, `"25h"`}, []string{`"1ms"`, `"24h"`}, "[1ms, 24h]"},
 	{"outlierDetection", "maxEjectionTime", []string{`"0s"`, `"-1s"`, `"24h0m1s"`}, []string{`"30s"`, `"24h"`}, "[1ms, 24h]"},

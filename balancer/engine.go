@@ -121,6 +121,7 @@ type mode struct {
 	observer         OutcomeObserver  // the algorithm, if it observes outcomes
 	trackTotal       bool             // the algorithm is TotalCounting: keep total
 	grouping         *groupingMode    // locality, priority and split (locality.go)
+	recordAll        bool             // protections need every outcome, not only failures (see penalty.go)
 }
 
 func newMode(cfg Config, alg Algorithm, p *protection) *mode {
@@ -131,6 +132,7 @@ func newMode(cfg Config, alg Algorithm, p *protection) *mode {
 	}
 	m.detector, m.breakers = p.detector, p.breakers != nil
 	m.gated = m.maxInFlight > 0 || m.breakers
+	m.recordAll = m.breakers || m.detector != nil && m.detector.Periodic()
 	m.observer, _ = alg.(OutcomeObserver)
 	_, m.trackTotal = alg.(TotalCounting)
 	m.grouping = newGroupingMode(cfg, alg)
@@ -637,7 +639,10 @@ func (e *Engine) Done(ep *Endpoint, o outcome.Outcome) {
 		}
 		m.observer.Observe(ep, o, at)
 	}
-	if m.detector != nil || m.breakers {
+	// Failures, and the outcomes after them, go the slow way (penalty.go).
+	if ep.penalty.Load() != 0 || o.Class.Failure() {
+		e.failed(m, ep, o)
+	} else if m.recordAll {
 		e.record(m, ep, o)
 	}
 	if ob := ep.obs; ob != nil { // recent latencies, duration histogram (observe.go)

@@ -1,6 +1,9 @@
 package balancer
 
-import "math"
+import (
+	"math"
+	"time"
+)
 
 func init() { Register("least_request", func() Algorithm { return &LeastRequest{} }) }
 
@@ -14,6 +17,10 @@ func init() { Register("least_request", func() Algorithm { return &LeastRequest{
 // sampled endpoint with the highest weight/(inflight+1)^ActiveRequestBias wins,
 // Envoy's formula; Envoy applies it through a locked EDF scheduler, lodestar
 // through the same lock-free sampling as the equal-weight case.
+//
+// An endpoint's recent failures count as requests in flight (its failure
+// weight, see FailureWeight), so an endpoint that fails fast looks busy, not
+// idle: without it, a backend refusing connections wins every comparison.
 //
 // JSON name "least_request".
 type LeastRequest struct {
@@ -47,7 +54,7 @@ func (a *LeastRequest) Build(info BuildInfo) Picker {
 		k = 2
 	}
 	p := &lrPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), choices: k, rand: info.Rand,
-		bias: 1, ss: newSlowStart(a.SlowStart, info)}
+		bias: 1, ss: newSlowStart(a.SlowStart, info), now: info.Now}
 	if a.ActiveRequestBias != nil {
 		p.bias = *a.ActiveRequestBias
 	}
@@ -65,6 +72,7 @@ type lrPicker struct {
 	weighted bool    // weights differ
 	bias     float64 // active request bias
 	ss       *slowStart
+	now      func() time.Time // for failure weights
 }
 
 func (p *lrPicker) Pick(PickInfo) (*Endpoint, error) {
@@ -87,16 +95,31 @@ func (p *lrPicker) pickPlain() *Endpoint {
 		j++
 	}
 	best := p.eps[i]
-	if c := p.eps[j]; c.inflight.Load() < best.inflight.Load() {
+	c := p.eps[j]
+	if best.penalty.Load()|c.penalty.Load() != 0 || p.choices > 2 {
+		return p.pickLoaded(best, c)
+	}
+	if c.inflight.Load() < best.inflight.Load() {
 		best = c
 	}
-	for k := 2; k < p.choices; k++ {
-		c := p.eps[fastrange(uint32(p.rand()), p.n)]
-		if c.inflight.Load() < best.inflight.Load() {
-			best = c
-		}
-	}
 	return best
+}
+
+// pickLoaded is pickPlain when a sampled endpoint carries failure weight, or
+// more than two are sampled: it compares requests in flight plus failure
+// weight.
+func (p *lrPicker) pickLoaded(best, c *Endpoint) *Endpoint {
+	clk := weightClock{now: p.now}
+	bestLoad := float64(best.inflight.Load()) + clk.weight(best)
+	for k := 1; ; k++ {
+		if l := float64(c.inflight.Load()) + clk.weight(c); l < bestLoad {
+			best, bestLoad = c, l
+		}
+		if k+1 >= p.choices {
+			return best
+		}
+		c = p.eps[fastrange(uint32(p.rand()), p.n)]
+	}
 }
 
 // pickWeighted samples like Pick and keeps the endpoint with the highest
@@ -116,10 +139,11 @@ func (p *lrPicker) pickWeighted() *Endpoint {
 		j++
 	}
 	best := p.eps[i]
-	bestScore := p.score(best, now, ramping)
+	clk := weightClock{now: p.now}
+	bestScore := p.score(best, now, ramping, &clk)
 	for k := 1; k < p.choices; k++ {
 		c := p.eps[j]
-		if s := p.score(c, now, ramping); s > bestScore {
+		if s := p.score(c, now, ramping, &clk); s > bestScore {
 			best, bestScore = c, s
 		}
 		j = fastrange(uint32(p.rand()), p.n)
@@ -127,12 +151,12 @@ func (p *lrPicker) pickWeighted() *Endpoint {
 	return best
 }
 
-func (p *lrPicker) score(ep *Endpoint, now int64, ramping bool) float64 {
+func (p *lrPicker) score(ep *Endpoint, now int64, ramping bool, clk *weightClock) float64 {
 	w := float64(ep.weight.Load())
 	if ramping {
 		w *= p.ss.factor(ep, now)
 	}
-	a := float64(ep.inflight.Load() + 1)
+	a := float64(ep.inflight.Load()+1) + clk.weight(ep)
 	switch p.bias {
 	case 0:
 		return w

@@ -22,17 +22,25 @@ func init() { Register("peak_ewma", func() Algorithm { return &PeakEWMA{} }) }
 // Engine.Done: a latency above the average replaces it (the peak); a lower one is
 // blended in with weight 1-e^(-Δt/DecayTime), Δt being the time since the last
 // update. While an endpoint is idle its average decays toward zero, so an
-// endpoint that was slow is tried again after a while. A failure (a class that
-// counts against the endpoint, see outcome.Class.Failure) counts as a latency of
-// at least FailurePenalty, so an endpoint that fails fast does not attract
-// traffic; canceled and unsent requests are ignored. An endpoint with no
+// endpoint that was slow is tried again after a while. An endpoint with no
 // outcome yet costs DefaultRTT, decaying from the time it was discovered; its
-// first outcome replaces that guess.
+// first outcome replaces that guess. Canceled and unsent requests are ignored.
 //
-// A pick reads no clock at all: idle decay scales every endpoint's average by
-// the same factor, so comparing two needs only the gap between their last
-// updates. Done needs the time of the outcome: pass outcome.Outcome.At, or the
-// engine reads its clock.
+// A failure (a class that counts against the endpoint, see
+// outcome.Class.Failure) is not a latency sample: it adds FailurePenalty times
+// the endpoint's failure weight (see FailureWeight: one unit per failure,
+// fading with a 1s time constant, halved by each success) to the endpoint's
+// average. So an endpoint that fails fast does not attract traffic, and one
+// that stopped failing is tried again within seconds, not after its penalty
+// has decayed over DecayTime (a 1s penalty folded into a 10s average kept a
+// recovered endpoint out for more than a minute).
+//
+// A pick over endpoints with no failure weight reads no clock at all: idle
+// decay scales every endpoint's average by the same factor, so comparing two
+// needs only the gap between their last updates. A pick that samples an
+// endpoint with failure weight reads the clock (BuildInfo.Now) to decay it.
+// Done needs the time of the outcome: pass outcome.Outcome.At, or the engine
+// reads its clock.
 //
 // JSON name "peak_ewma"; options in JSON:
 // {"decayTime": "10s", "defaultRTT": "30ms", "failurePenalty": "1s"}.
@@ -44,8 +52,9 @@ type PeakEWMA struct {
 	// DefaultRTT is the latency assumed for an endpoint with no outcome yet.
 	// 0 means the default, 30ms. Valid 1µs-1m.
 	DefaultRTT time.Duration `json:"defaultRTT,omitempty" range:"[1µs, 1m]"`
-	// FailurePenalty is the least latency a failed request counts as.
-	// 0 means the default, 1s. Valid 1µs-1h.
+	// FailurePenalty is the latency one unit of failure weight adds to an
+	// endpoint's cost: a fresh failure costs about this much, fading with
+	// the weight. 0 means the default, 1s. Valid 1µs-1h.
 	FailurePenalty time.Duration `json:"failurePenalty,omitempty" range:"[1µs, 1h]"`
 }
 
@@ -87,17 +96,10 @@ func (a *PeakEWMA) params() ewmaParams {
 // Observe folds a reported outcome into ep's moving average. The engine calls it
 // from Done.
 func (a *PeakEWMA) Observe(ep *Endpoint, o outcome.Outcome, now time.Time) {
-	if !o.Class.Counted() {
+	if !o.Class.Counted() || o.Class.Failure() { // failures go to the failure weight
 		return
 	}
 	rtt := float64(max(o.Latency, 0))
-	if o.Class.Failure() {
-		penalty := a.FailurePenalty
-		if penalty == 0 {
-			penalty = time.Second
-		}
-		rtt = max(rtt, float64(penalty))
-	}
 	decayMs := 10_000.0
 	if a.DecayTime != 0 {
 		decayMs = float64(a.DecayTime) / float64(time.Millisecond)
@@ -127,7 +129,7 @@ func (a *PeakEWMA) Observe(ep *Endpoint, o outcome.Outcome, now time.Time) {
 
 // Build returns a peak EWMA picker over info.Endpoints.
 func (a *PeakEWMA) Build(info BuildInfo) Picker {
-	p := &ewmaPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), rand: info.Rand, ewmaParams: a.params()}
+	p := &ewmaPicker{eps: info.Endpoints, n: uint64(len(info.Endpoints)), rand: info.Rand, ewmaParams: a.params(), now: info.Now}
 	for _, ep := range info.Endpoints {
 		p.weighted = p.weighted || ep.Weight() != info.Endpoints[0].Weight()
 	}
@@ -194,6 +196,9 @@ func (p *ewmaPicker) load(ep *Endpoint, nowNs int64) float64 {
 	if td := int32(ewmaClock(nowNs) - stamp); td > 0 {
 		cost *= expNeg(float64(td) * p.invTau)
 	}
+	if v := ep.penalty.Load(); v != 0 {
+		cost += p.penalty * penaltyAt(v, ewmaClock(nowNs))
+	}
 	return p.undecayed(ep, cost)
 }
 
@@ -212,6 +217,7 @@ type ewmaPicker struct {
 	n        uint64
 	rand     func() uint64
 	weighted bool
+	now      func() time.Time // for failure weights
 	ewmaParams
 }
 
@@ -230,6 +236,9 @@ func (p *ewmaPicker) Pick(PickInfo) (*Endpoint, error) {
 		j++
 	}
 	a, b := p.eps[i], p.eps[j]
+	if a.penalty.Load()|b.penalty.Load() != 0 {
+		return p.pickFailing(a, b), nil
+	}
 	ca, sa := p.state(a)
 	cb, sb := p.state(b)
 	la, lb := p.undecayed(a, ca), p.undecayed(b, cb)
@@ -242,4 +251,18 @@ func (p *ewmaPicker) Pick(PickInfo) (*Endpoint, error) {
 		return b, nil
 	}
 	return a, nil
+}
+
+// pickFailing compares a and b when one carries failure weight: their costs at
+// the clock's time, each with FailurePenalty × its weight added.
+func (p *ewmaPicker) pickFailing(a, b *Endpoint) *Endpoint {
+	now := time.Now
+	if p.now != nil {
+		now = p.now
+	}
+	ns := now().UnixNano()
+	if p.load(b, ns) < p.load(a, ns) {
+		return b
+	}
+	return a
 }

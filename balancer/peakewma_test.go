@@ -112,15 +112,20 @@ func TestPeakEWMAState(t *testing.T) {
 	e.Done(ep, outcome.Outcome{Class: outcome.NotSent, Latency: time.Hour})  // ignored
 	near("canceled and not sent ignored", load(), before)
 
-	// A fast failure counts as the penalty.
+	// A fast failure adds the penalty (1s) times the failure weight (1),
+	// and leaves the average as it was; the penalty fades with the weight.
 	ep.Acquire()
 	e.Done(ep, outcome.Outcome{Class: outcome.ConnectError, Latency: time.Microsecond})
-	near("failure", load(), float64(time.Second))
+	near("failure", load(), before+float64(time.Second))
 
 	// The state lives on the endpoint: a rebuild keeps it.
 	e.Update(resolverEndpoints(3, nil))
 	p = e.snap.Load().picker.(*ewmaPicker)
-	near("after rebuild", load(), float64(time.Second))
+	near("after rebuild", load(), before+float64(time.Second))
+
+	// The failure weight's time constant is 1s, the average's 10s.
+	clk.Advance(FailureWeightDecay)
+	near("1s later", load(), before*expNeg(0.1)+float64(time.Second)/math.E)
 }
 
 // A pick reads no clock (the brief allows one).

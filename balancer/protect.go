@@ -69,8 +69,8 @@ type protection struct {
 func (e *Engine) setProtectionLocked(cfg Config) (retired *health.Checker) {
 	old := e.prot
 	p := &protection{hc: cfg.HealthCheck}
-	if cfg.OutlierDetection != nil {
-		p.detector = health.NewDetector(*cfg.OutlierDetection)
+	if od := cfg.outlierDetection(); od != nil {
+		p.detector = health.NewDetector(*od)
 	}
 	if cfg.CircuitBreaker != nil {
 		b := *cfg.CircuitBreaker
@@ -78,11 +78,6 @@ func (e *Engine) setProtectionLocked(cfg Config) (retired *health.Checker) {
 	}
 	if old != nil && old.stop != nil {
 		close(old.stop)
-	}
-	if p.detector != nil {
-		p.stop = make(chan struct{})
-		e.wg.Add(1)
-		go e.outlierLoop(p.detector, p.stop)
 	}
 	rebuildBreakers := old == nil || !reflect.DeepEqual(old.breakers, p.breakers)
 	for _, ep := range e.endpoints {
@@ -104,6 +99,7 @@ func (e *Engine) setProtectionLocked(cfg Config) (retired *health.Checker) {
 		}
 	}
 	e.prot = p
+	e.startOutlierLoopLocked(p, false)
 	return retired
 }
 
@@ -189,6 +185,9 @@ func (e *Engine) ejectInline(ep *Endpoint, st *health.Stats, d *health.Detector,
 	if ok && e.setConditionLocked(ep, Ejected, true, ejectWhy(why, until.Sub(now))) {
 		e.rebuildLocked()
 	}
+	if ok {
+		e.startOutlierLoopLocked(e.prot, true)
+	}
 }
 
 // The Why of ejections and of their expiry (metrics.go reads the detector
@@ -202,8 +201,10 @@ func ejectWhy(why health.Reason, d time.Duration) string {
 	return fmt.Sprintf(ejectPrefix+"%s, ejected for %v", why, d)
 }
 
-// outlierLoop runs the interval detectors every interval until stop closes.
-func (e *Engine) outlierLoop(d *health.Detector, stop <-chan struct{}) {
+// outlierLoop runs the interval detectors every interval until stop closes,
+// or, for a detector that is not Periodic, until evaluate finds nothing left
+// to do.
+func (e *Engine) outlierLoop(d *health.Detector, stop chan struct{}) {
 	defer e.wg.Done()
 	t := time.NewTicker(d.Interval())
 	defer t.Stop()
@@ -212,20 +213,25 @@ func (e *Engine) outlierLoop(d *health.Detector, stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			e.evaluate(d)
+			if !e.evaluate(d, stop) {
+				return
+			}
 		}
 	}
 }
 
 // evaluate runs the interval detectors once: ejections that ran out end, and
 // success rate, failure percentage and latency outliers are ejected, in one
-// rebuild.
-func (e *Engine) evaluate(d *health.Detector) {
+// rebuild. It reports whether the loop whose stop channel is stop should
+// go on: false once a detector that is not Periodic has every endpoint
+// Settled (the next inline ejection starts a loop again).
+func (e *Engine) evaluate(d *health.Detector, stop chan struct{}) (more bool) {
 	e.mu.Lock()
 	defer func() { e.mu.Unlock(); e.dispatch() }()
 	if e.closed || e.prot == nil || e.prot.detector != d {
-		return
+		return true // stop closes
 	}
+	defer func() { more = e.keepOutlierLoopLocked(stop) }()
 	hosts := make([]health.Host, 0, len(e.sorted))
 	for _, ep := range e.sorted {
 		if st := ep.stats.Load(); st != nil {
@@ -250,6 +256,7 @@ func (e *Engine) evaluate(d *health.Detector) {
 	if rebuild {
 		e.rebuildLocked()
 	}
+	return true // replaced by keepOutlierLoopLocked's answer
 }
 
 // startChecker starts the active checker for hc and syncs it with the

@@ -49,6 +49,17 @@ type OutlierDetection struct {
 	// range [0, 10000].
 	ConsecutiveLocalOriginFailures *int `json:"consecutiveLocalOriginFailures,omitempty" range:"[0, 10000]"`
 
+	// ConsecutiveConnectionFailures ejects an endpoint after this many
+	// consecutive failures that prove it unusable rather than slow or
+	// unhappy: the connection could not be made (ConnectError: refused,
+	// unreachable) or failed before any response (LocalError: reset, TLS
+	// handshake failure, gRPC stream reset). Any answer from the server
+	// ends the run; a timeout neither counts nor ends it (a hanging endpoint
+	// may only be slow). It is the detector of the engine's default failure
+	// accrual (DefaultFailureAccrual), and can be kept in an explicit
+	// section. Default 0 (off); range [0, 10000].
+	ConsecutiveConnectionFailures *int `json:"consecutiveConnectionFailures,omitempty" range:"[0, 10000]"`
+
 	// Interval is the time between two evaluations of the interval
 	// detectors (success rate, failure percentage, latency), which is also
 	// the window they look at; ejections end, and multipliers decay, on the
@@ -205,6 +216,7 @@ func (c OutlierDetection) WithDefaults() OutlierDetection {
 	c.ConsecutiveFailures = intOr(c.ConsecutiveFailures, DefaultConsecutiveFailures, 0, math.MaxInt32)
 	c.ConsecutiveGatewayFailures = intOr(c.ConsecutiveGatewayFailures, 0, 0, math.MaxInt32)
 	c.ConsecutiveLocalOriginFailures = intOr(c.ConsecutiveLocalOriginFailures, 0, 0, math.MaxInt32)
+	c.ConsecutiveConnectionFailures = intOr(c.ConsecutiveConnectionFailures, 0, 0, math.MaxInt32)
 	c.Interval = durOr(c.Interval, DefaultOutlierInterval)
 	c.BaseEjectionTime = durOr(c.BaseEjectionTime, DefaultBaseEjectionTime)
 	c.MaxEjectionTime = max(durOr(c.MaxEjectionTime, max(DefaultMaxEjectionTime, c.BaseEjectionTime)), c.BaseEjectionTime)
@@ -259,6 +271,7 @@ const (
 	ReasonConsecutiveFailures            Reason = "consecutive_failures"
 	ReasonConsecutiveGatewayFailures     Reason = "consecutive_gateway_failures"
 	ReasonConsecutiveLocalOriginFailures Reason = "consecutive_local_origin_failures"
+	ReasonConsecutiveConnectionFailures  Reason = "consecutive_connection_failures"
 	ReasonSuccessRate                    Reason = "success_rate"
 	ReasonFailurePercentage              Reason = "failure_percentage"
 	ReasonLatency                        Reason = "latency"
@@ -281,6 +294,8 @@ type Detector struct {
 	cfg OutlierDetection // resolved
 
 	consecFailures, consecGateway, consecLocalOrigin int64
+	consecConn                                       int64
+	periodic                                         bool // an interval detector is on
 	base, max                                        time.Duration
 	maxMultiplier                                    int
 	pct                                              int
@@ -299,6 +314,7 @@ func NewDetector(cfg OutlierDetection) *Detector {
 		consecFailures:    int64(*cfg.ConsecutiveFailures),
 		consecGateway:     int64(*cfg.ConsecutiveGatewayFailures),
 		consecLocalOrigin: int64(*cfg.ConsecutiveLocalOriginFailures),
+		consecConn:        int64(*cfg.ConsecutiveConnectionFailures),
 		base:              cfg.BaseEjectionTime,
 		max:               cfg.MaxEjectionTime,
 		pct:               *cfg.MaxEjectionPercent,
@@ -306,6 +322,7 @@ func NewDetector(cfg OutlierDetection) *Detector {
 		failurePct:        cfg.FailurePercentage,
 		latency:           cfg.Latency,
 	}
+	d.periodic = d.successRate != nil || d.failurePct != nil || d.latency != nil
 	// The multiplier stops growing once base × multiplier reaches the cap,
 	// so that it decays from there in as many intervals as it matters.
 	d.maxMultiplier = int(min((d.max+d.base-1)/d.base, math.MaxInt32))
@@ -320,6 +337,15 @@ func (d *Detector) Config() OutlierDetection {
 
 // Interval returns how often the engine should call Evaluate.
 func (d *Detector) Interval() time.Duration { return d.cfg.Interval }
+
+// Periodic reports whether an interval detector (success rate, failure
+// percentage, latency) is on: those need Evaluate every Interval, and every
+// outcome recorded. Without one, only the consecutive-failure detectors run:
+// Stats.Record needs to see an outcome only when it may move a run (a
+// failure, or the first success after one), and Evaluate matters only while
+// some endpoint is not Settled, to end ejections and decay multipliers. The
+// engine then runs its ticker only while it matters.
+func (d *Detector) Periodic() bool { return d.periodic }
 
 // EndEjectionOnHealthy reports whether a successful active health check
 // should end an ejection early (the engine then calls Uneject).

@@ -19,7 +19,8 @@ func TestOutlierDefaults(t *testing.T) {
 	c := NewDetector(OutlierDetection{SuccessRate: &SuccessRate{}, FailurePercentage: &FailurePercentage{}, Latency: &LatencyOutlier{}}).Config()
 	want := OutlierDetection{
 		ConsecutiveFailures: intp(5), ConsecutiveGatewayFailures: intp(0), ConsecutiveLocalOriginFailures: intp(0),
-		Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second,
+		ConsecutiveConnectionFailures: intp(0),
+		Interval:                      10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second,
 		MaxEjectionPercent: intp(10),
 		SuccessRate:        &SuccessRate{MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1.9},
 		FailurePercentage:  &FailurePercentage{Threshold: 85, MinimumHosts: 5, RequestVolume: 50},
@@ -84,7 +85,7 @@ func TestOutlierValidate(t *testing.T) {
 func TestOutlierJSONContract(t *testing.T) {
 	want := map[reflect.Type][]string{
 		reflect.TypeFor[OutlierDetection](): {"consecutiveFailures", "consecutiveGatewayFailures", "consecutiveLocalOriginFailures",
-			"interval", "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent", "successRate", "failurePercentage", "latency", "endEjectionOnHealthy"},
+			"consecutiveConnectionFailures", "interval", "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent", "successRate", "failurePercentage", "latency", "endEjectionOnHealthy"},
 		reflect.TypeFor[SuccessRate]():       {"minimumHosts", "requestVolume", "stdevFactor"},
 		reflect.TypeFor[FailurePercentage](): {"threshold", "minimumHosts", "requestVolume"},
 		reflect.TypeFor[LatencyOutlier]():    {"quantile", "factor", "minimumHosts", "requestVolume"},

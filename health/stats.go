@@ -26,6 +26,7 @@ type Stats struct {
 	consecFailures    atomic.Int64
 	consecGateway     atomic.Int64
 	consecLocalOrigin atomic.Int64
+	consecConn        atomic.Int64
 	ejected           atomic.Bool // read by Record only when a threshold is crossed
 	latency           histogram   // this interval's latencies, while a latency detector is on
 	mu                sync.Mutex  // guards the ejection state below
@@ -45,8 +46,8 @@ const failureUnit = 1 << 32 // one failure in Stats.counts
 // true, with the detector's reason, on the outcome that makes a run of
 // consecutive failures reach that detector's threshold, and that run's
 // counter starts again from zero. If several detectors fire on the same
-// outcome, why names the most specific (gateway, then local origin, then
-// any failure). Concurrent Records of one run fire it once. While the
+// outcome, why names the most specific (gateway, then connection, then
+// local origin, then any failure). Concurrent Records of one run fire it once. While the
 // endpoint is ejected (Ejected until Uneject), nothing fires.
 //
 // Outcomes that are not Counted (Canceled, NotSent) are ignored. The other
@@ -56,19 +57,22 @@ const failureUnit = 1 << 32 // one failure in Stats.counts
 //
 //   - Success, ClientError: the server answered well; every run ends.
 //   - GatewayError (502, 503, 504, gRPC UNAVAILABLE): consecutiveFailures
-//     and consecutiveGatewayFailures grow; the local-origin run ends (the
-//     request reached a server).
-//   - ConnectError, Timeout, LocalError (refused, reset, timed out):
-//     consecutiveFailures and consecutiveLocalOriginFailures grow; the
-//     gateway run is left as it is (no answer came to break it).
-//   - Overloaded, ServerError: consecutiveFailures grows; the gateway and
-//     local-origin runs end.
+//     and consecutiveGatewayFailures grow; the local-origin and connection
+//     runs end (the request reached a server).
+//   - ConnectError, LocalError (refused, reset): consecutiveFailures,
+//     consecutiveLocalOriginFailures and consecutiveConnectionFailures
+//     grow; the gateway run is left as it is (no answer came to break it).
+//   - Timeout: consecutiveFailures and consecutiveLocalOriginFailures grow;
+//     the gateway and connection runs are left as they are.
+//   - Overloaded, ServerError: consecutiveFailures grows; the gateway,
+//     local-origin and connection runs end.
 //
 // A positive latency of a counted outcome goes into the interval's latency
 // histogram when d has a latency detector; zero or negative means unknown
 // and is not counted there.
 //
-// d may be nil: the interval counters are then kept and nothing fires.
+// The interval's success and failure counts are kept when d is nil or
+// Periodic (nothing else reads them). d may be nil: nothing fires then.
 // Record is lock-free and allocates nothing: an atomic add or two and a few
 // loads on a success, an atomic add per counter that moves on a failure.
 func (s *Stats) Record(d *Detector, c outcome.Class, latency time.Duration) (eject bool, why Reason) {
@@ -78,8 +82,11 @@ func (s *Stats) Record(d *Detector, c outcome.Class, latency time.Duration) (eje
 	if d != nil && d.latency != nil && latency > 0 {
 		s.latency.add(latency)
 	}
+	count := d == nil || d.periodic
 	if !c.Failure() {
-		s.counts.Add(1)
+		if count {
+			s.counts.Add(1)
+		}
 		// Read before writing: on a healthy endpoint the counters are
 		// already zero and the cache line stays shared.
 		if s.consecFailures.Load() != 0 {
@@ -91,9 +98,14 @@ func (s *Stats) Record(d *Detector, c outcome.Class, latency time.Duration) (eje
 		if s.consecLocalOrigin.Load() != 0 {
 			s.consecLocalOrigin.Store(0)
 		}
+		if s.consecConn.Load() != 0 {
+			s.consecConn.Store(0)
+		}
 		return false, ""
 	}
-	s.counts.Add(failureUnit)
+	if count {
+		s.counts.Add(failureUnit)
+	}
 	if d == nil {
 		return false, ""
 	}
@@ -105,7 +117,17 @@ func (s *Stats) Record(d *Detector, c outcome.Class, latency time.Duration) (eje
 		if s.consecLocalOrigin.Load() != 0 {
 			s.consecLocalOrigin.Store(0)
 		}
-	case outcome.ConnectError, outcome.Timeout, outcome.LocalError:
+		if s.consecConn.Load() != 0 {
+			s.consecConn.Store(0)
+		}
+	case outcome.ConnectError, outcome.LocalError:
+		if s.fire(&s.consecConn, d.consecConn) {
+			eject, why = true, ReasonConsecutiveConnectionFailures
+		}
+		if s.fire(&s.consecLocalOrigin, d.consecLocalOrigin) && !eject {
+			eject, why = true, ReasonConsecutiveLocalOriginFailures
+		}
+	case outcome.Timeout:
 		if s.fire(&s.consecLocalOrigin, d.consecLocalOrigin) {
 			eject, why = true, ReasonConsecutiveLocalOriginFailures
 		}
@@ -115,6 +137,9 @@ func (s *Stats) Record(d *Detector, c outcome.Class, latency time.Duration) (eje
 		}
 		if s.consecLocalOrigin.Load() != 0 {
 			s.consecLocalOrigin.Store(0)
+		}
+		if s.consecConn.Load() != 0 {
+			s.consecConn.Store(0)
 		}
 	}
 	if s.fire(&s.consecFailures, d.consecFailures) && !eject {
@@ -140,14 +165,28 @@ func (s *Stats) resetConsecutive() {
 	s.consecFailures.Store(0)
 	s.consecGateway.Store(0)
 	s.consecLocalOrigin.Store(0)
+	s.consecConn.Store(0)
 }
 
 // Counts returns the successes and failures counted since the last
 // Evaluate (or since the Stats was made), for observability; it does not
-// reset them.
+// reset them. They are counted only while the detector is Periodic (or
+// Record is given none).
 func (s *Stats) Counts() (successes, failures uint64) {
 	c := s.counts.Load()
 	return c & (failureUnit - 1), c >> 32
+}
+
+// Settled reports whether the endpoint is not ejected and its ejection-time
+// multiplier has decayed to zero: Evaluate has nothing left to do for it
+// unless an interval detector is on (Detector.Periodic).
+func (s *Stats) Settled() bool {
+	if s.ejected.Load() {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.ejected.Load() && s.multiplier == 0
 }
 
 // IsEjected reports whether the endpoint is ejected now (between Ejected

@@ -79,7 +79,8 @@ func TestRecordSuccessResets(t *testing.T) {
 }
 
 func TestRecordIgnoresNotCounted(t *testing.T) {
-	d := NewDetector(OutlierDetection{})
+	// A periodic detector (failure percentage on), so that Counts counts.
+	d := NewDetector(OutlierDetection{FailurePercentage: &FailurePercentage{}})
 	s := NewStats()
 	recordN(s, d, outcome.ServerError, 4)
 	for _, c := range []outcome.Class{outcome.NotSent, outcome.Canceled} {
@@ -187,7 +188,7 @@ func TestRecordConcurrent(t *testing.T) {
 
 	t.Run("at most once per run", func(t *testing.T) {
 		const threshold, per = 5, 1000
-		d := NewDetector(OutlierDetection{ConsecutiveFailures: intp(threshold)})
+		d := NewDetector(OutlierDetection{ConsecutiveFailures: intp(threshold), FailurePercentage: &FailurePercentage{}})
 		s := NewStats()
 		var fired atomic.Int64
 		run(d, s, per, func(Reason) { fired.Add(1) })

@@ -2,6 +2,7 @@ package grpcpolicy
 
 import (
 	"context"
+	"strings"
 
 	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
@@ -68,6 +69,11 @@ var defaultClasses = [...]outcome.Class{
 //   - UNAVAILABLE with nothing received from the endpoint is a transport
 //     failure, not an answer: ConnectError when nothing was sent either (the
 //     RPC never left), LocalError otherwise;
+//   - a stream the server reset (HTTP/2 RST_STREAM) before sending anything
+//     is LocalError, a reset before any response, whatever code grpc maps the
+//     reset to (INTERNAL for most, CANCELLED for CANCEL), except
+//     RESOURCE_EXHAUSTED (ENHANCE_YOUR_CALM, flow control: the server is
+//     overloaded, not broken);
 //   - any other status: its class in DefaultCodeClasses (unknown codes are
 //     ServerError).
 func DefaultClassifier(ctx context.Context, method string, info grpcbalancer.DoneInfo) outcome.Class {
@@ -100,14 +106,31 @@ func classify(ctx context.Context, info grpcbalancer.DoneInfo, overrides map[cod
 	if cl, ok := overrides[code]; ok {
 		return cl
 	}
-	if code == codes.Unavailable && !info.BytesReceived {
-		if !info.BytesSent {
-			return outcome.ConnectError
+	if !info.BytesReceived {
+		if code == codes.Unavailable {
+			if !info.BytesSent {
+				return outcome.ConnectError
+			}
+			return outcome.LocalError
 		}
-		return outcome.LocalError
+		if code != codes.ResourceExhausted && streamReset(info.Err) {
+			return outcome.LocalError
+		}
 	}
 	if int(code) < len(defaultClasses) {
 		return defaultClasses[code]
 	}
 	return outcome.ServerError
+}
+
+// rstPrefix starts the message of the status grpc-go's HTTP/2 client gives a
+// stream the server reset (http2_client.go, handleRSTStream); grpc exports no
+// other mark of it.
+const rstPrefix = "stream terminated by RST_STREAM"
+
+// streamReset reports whether err is grpc's status for a stream the server
+// reset.
+func streamReset(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && strings.HasPrefix(st.Message(), rstPrefix)
 }

@@ -94,6 +94,15 @@ func TestDefaultClassifier(t *testing.T) {
 		{canceled, grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, ""), BytesSent: true}, outcome.Canceled},
 		{bg, grpcbalancer.DoneInfo{Err: status.Error(codes.Code(99), ""), BytesSent: true, BytesReceived: true}, outcome.ServerError},
 		{bg, grpcbalancer.DoneInfo{Err: errors.New("plain"), BytesSent: true}, outcome.ServerError}, // Unknown
+		// A stream the server reset before answering (grpc's status text for
+		// RST_STREAM): a reset before any response, whatever its code...
+		{bg, grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "stream terminated by RST_STREAM with error code: INTERNAL_ERROR"), BytesSent: true}, outcome.LocalError},
+		{bg, grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "stream terminated by RST_STREAM with error code: CANCEL"), BytesSent: true}, outcome.LocalError},
+		// ...but overload is overload, and an answer (something received) or
+		// another INTERNAL keeps its class.
+		{bg, grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "stream terminated by RST_STREAM with error code: ENHANCE_YOUR_CALM"), BytesSent: true}, outcome.Overloaded},
+		{bg, grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "stream terminated by RST_STREAM with error code: INTERNAL_ERROR"), BytesSent: true, BytesReceived: true}, outcome.ServerError},
+		{bg, grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "grpc: error while marshaling"), BytesSent: true}, outcome.ServerError},
 	} {
 		if got := DefaultClassifier(tc.ctx, "/m", tc.di); got != tc.want {
 			t.Errorf("%v (ctx err %v): %v, want %v", tc.di, tc.ctx.Err(), got, tc.want)
