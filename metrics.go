@@ -25,12 +25,14 @@ const (
 	// caller got (the last attempt's, classified at its response headers),
 	// with lodestar.outcome "no_endpoint" when no endpoint could be picked.
 	MetricRequests = "lodestar.client.requests"
-	// MetricRetries counts retries sent (the retry budget's withdrawals).
-	MetricRetries = "lodestar.client.retries"
-	// MetricRetryBudgetExhausted counts retries the budget refused.
-	MetricRetryBudgetExhausted = "lodestar.client.retry_budget.exhausted"
-	// MetricHedges counts hedged attempts sent.
-	MetricHedges = "lodestar.client.hedges"
+	// MetricRetries counts retries sent (the retry budget's withdrawals):
+	// balancer.MetricRetries.
+	MetricRetries = balancer.MetricRetries
+	// MetricRetryBudgetExhausted counts retries the budget refused:
+	// balancer.MetricRetryBudgetExhausted.
+	MetricRetryBudgetExhausted = balancer.MetricRetryBudgetExhausted
+	// MetricHedges counts hedged attempts sent: balancer.MetricHedges.
+	MetricHedges = balancer.MetricHedges
 	// OutcomeNoEndpoint is the lodestar.outcome of a request that got no
 	// endpoint: none eligible, discovery pending, all at their limit, closed.
 	OutcomeNoEndpoint = "no_endpoint"

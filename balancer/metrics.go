@@ -55,6 +55,17 @@ const (
 	// MetricDiscoveryErrors counts discovery errors.
 	MetricDiscoveryErrors = "lodestar.client.discovery.errors"
 
+	// The front doors' retry instruments, by service and door (the HTTP
+	// Transport's per service, the gRPC retry interceptors' per channel).
+
+	// MetricRetries counts retries sent (the retry budget's withdrawals,
+	// hedges included).
+	MetricRetries = "lodestar.client.retries"
+	// MetricRetryBudgetExhausted counts retries and hedges the budget refused.
+	MetricRetryBudgetExhausted = "lodestar.client.retry_budget.exhausted"
+	// MetricHedges counts hedged attempts sent.
+	MetricHedges = "lodestar.client.hedges"
+
 	// AttrService is the service: a Transport's service name, or a gRPC
 	// channel's target endpoint.
 	AttrService = "lodestar.service"

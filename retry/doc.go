@@ -25,10 +25,15 @@
 //     section into a delay, fixed or a cached percentile (none until the
 //     window holds MinLatencySamples), for either door.
 //
-// Built in the HTTP door (the root package): the retry loop inside the
-// Transport's RoundTrip, retry on another endpoint, body replay through
-// GetBody, Retry-After pausing the endpoint in the balancer, and hedging
-// (balancer's Engine.PickHedge picks the hedge's endpoint). Still to come (see
-// docs/ARCHITECTURE.md, "Designed for, not yet built"): the gRPC unary and
-// client-stream interceptors, with hedging through a Hedger per service.
+//   - WithIdempotent marks a request (HTTP) or call (gRPC) as safe to send
+//     twice; Wait is the doors' backoff wait, bounded by the context.
+//
+// The front doors make the attempts. The HTTP door (the root package): the
+// retry loop inside the Transport's RoundTrip, retry on another endpoint,
+// body replay through GetBody, Retry-After pausing the endpoint in the
+// balancer, and hedging (balancer's Engine.PickHedge picks the hedge's
+// endpoint). The gRPC door (balancer/grpcpolicy's Retries): unary and
+// client-stream interceptors applying a channel's retry section, retry and
+// hedge on endpoints the call has not tried, grpc-retry-pushback-ms pausing
+// the endpoint, and a budget and a Hedger per channel.
 package retry

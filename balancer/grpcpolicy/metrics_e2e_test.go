@@ -162,3 +162,68 @@ func sum(m metricdata.Metrics, want ...attribute.KeyValue) int64 {
 	}
 	return n
 }
+
+// Retries through the gRPC door's interceptors are counted per channel: with
+// one of three servers failing until its ejection and retries on, 60 calls
+// all succeed, its 3 failures are retried elsewhere (lodestar.client.retries
+// = 3), and nothing was refused or hedged.
+func TestMetricsGRPCDoorRetries(t *testing.T) {
+	r := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
+	defer mp.Shutdown(context.Background())
+	const name = "lodestar_metrics_retry_test"
+	grpcbalancer.Register(grpcpolicy.NewBuilder(grpcpolicy.Options{Name: name, MeterProvider: mp}))
+
+	var addrs [3]string
+	var bad *failingServer
+	for i := range addrs {
+		s, a := startFailing(t)
+		addrs[i] = a
+		if i == 1 {
+			bad = s
+		}
+	}
+	bad.fail.Store(true)
+	retries, err := grpcpolicy.NewRetries(grpcpolicy.RetryOptions{IdempotentMethods: []string{"/grpc.testing.TestService/EmptyCall"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := fmt.Sprintf("static:///%s,%s,%s", addrs[0], addrs[1], addrs[2])
+	cc := dial(t, target, serviceConfig(name, `{"outlierDetection": {"consecutiveFailures": 0,
+		"consecutiveGatewayFailures": 3, "baseEjectionTime": "10m", "maxEjectionPercent": 50},
+		"retry": {"maxAttempts": 2, "backoff": {"base": "1ms", "max": "2ms"}}}`), retries.DialOptions()...)
+	client := testgrpc.NewTestServiceClient(cc)
+	for i := range 60 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := client.EmptyCall(ctx, &testgrpc.Empty{}, grpc.WaitForReady(true))
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]metricdata.Metrics{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, x := range sm.Metrics {
+			m[x.Name] = x
+		}
+	}
+	grpcDoor := attribute.String(balancer.AttrDoor, "grpc")
+	for _, c := range []struct {
+		what      string
+		got, want int64
+	}{
+		{"retries", sum(m[balancer.MetricRetries], grpcDoor), 3},
+		{"retries refused", sum(m[balancer.MetricRetryBudgetExhausted], grpcDoor), 0},
+		{"hedges", sum(m[balancer.MetricHedges], grpcDoor), 0},
+		{"attempts, success", sum(m[balancer.MetricAttempts], grpcDoor, attribute.String(balancer.AttrOutcome, "success")), 60},
+		{"attempts, gateway_error", sum(m[balancer.MetricAttempts], grpcDoor, attribute.String(balancer.AttrOutcome, "gateway_error")), 3},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %d, want %d", c.what, c.got, c.want)
+		}
+	}
+}

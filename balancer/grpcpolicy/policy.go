@@ -270,6 +270,9 @@ type policy struct {
 	byKey  map[string]*endpointState
 	closed bool
 	retry  *channelRetry // the config's retry section, compiled; nil without one
+	// retryMetrics are the channel's retry instruments, registered with
+	// its engine.
+	retryMetrics retryMetrics
 	// unretried is set once the policy has warned that a call came without
 	// the retry interceptor while the config has a retry section.
 	unretried atomic.Bool
@@ -336,6 +339,7 @@ func (p *policy) configureLocked(cfg *lbConfig) error {
 			return err
 		}
 		p.retry = ch
+		p.retryMetrics.setRetry(ch)
 	}
 	if p.eng != nil {
 		if cfg.key == p.cfgKey {
@@ -360,6 +364,7 @@ func (p *policy) configureLocked(cfg *lbConfig) error {
 		return err
 	}
 	p.eng, p.cfg, p.cfgKey = eng, cfg.cfg, cfg.key
+	p.retryMetrics.start(p.opts.MeterProvider, p.service)
 	if p.opts.OnEngine != nil {
 		p.opts.OnEngine(p.service, eng)
 	}
@@ -589,6 +594,7 @@ func (p *policy) Close() {
 	eng := p.eng
 	p.mu.Unlock()
 	if eng != nil {
+		p.retryMetrics.stop()
 		eng.Close()
 	}
 }
