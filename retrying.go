@@ -31,10 +31,13 @@ type PerTryTimeoutError struct {
 	Err   error         // the base transport's error
 }
 
+// Error says the per-try timeout cut the attempt, and why the base
+// transport stopped.
 func (e *PerTryTimeoutError) Error() string {
 	return fmt.Sprintf("per-try timeout (%v) exceeded: %v", e.Limit, e.Err)
 }
 
+// Unwrap returns the base transport's error.
 func (e *PerTryTimeoutError) Unwrap() error { return e.Err }
 
 // Timeout reports true: the error is a timeout (net.Error's convention).
