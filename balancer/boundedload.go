@@ -24,6 +24,13 @@ func init() { Register("bounded_load", func() Algorithm { return &BoundedLoad{} 
 // A pick costs a ring lookup plus one atomic add on the engine-wide total; each
 // full endpoint on the walk costs one more compare.
 //
+// A request without an affinity key does not touch the ring: it goes to an
+// endpoint drawn in proportion to weight (uniformly when weights are equal),
+// by the Fallback option, and is redrawn while the drawn endpoint is at its
+// cap, so keyless traffic is as even as the endpoints' weights (a random point
+// of the ring, as before, would follow the ring's uneven arcs: the busiest of
+// 100 endpoints got 1.24× the mean).
+//
 // An endpoint's recent failures count against its cap as requests in flight
 // (its failure weight, see FailureWeight): an endpoint that fails fast takes
 // fewer requests, and a key whose endpoint keeps failing spills to the next
@@ -39,9 +46,11 @@ type BoundedLoad struct {
 	// gets; the cap, not the ring, does the balancing, so fewer than ring_hash
 	// needs. Default 100; valid 1-65536.
 	PointsPerEndpoint int `json:"pointsPerEndpoint,omitempty" range:"[1, 65536]"`
-	// Fallback is where a request without an affinity key starts: "random" (the
-	// default: a random point of the ring) or "round_robin" (endpoints in turn);
-	// the cap applies to it too.
+	// Fallback is where a request without an affinity key goes: "random" (the
+	// default: an endpoint drawn at random with probability proportional to its
+	// weight) or "round_robin" (endpoints in turn, as weighted_round_robin
+	// interleaves them when weights differ). The cap applies to it too: an
+	// endpoint at its cap is passed over for another draw or the next turn.
 	Fallback string `json:"fallback,omitempty"`
 }
 
