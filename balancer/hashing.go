@@ -13,9 +13,11 @@ import (
 // Fallback values: what a hashing algorithm does with a request that carries no
 // affinity key (PickInfo.HasHash false).
 const (
-	// FallbackRandom picks an endpoint uniformly at random. The default.
+	// FallbackRandom picks an endpoint at random: uniformly under ring_hash
+	// and maglev, in proportion to weight under bounded_load. The default.
 	FallbackRandom = "random"
-	// FallbackRoundRobin picks endpoints in turn.
+	// FallbackRoundRobin picks endpoints in turn (under bounded_load,
+	// weighted_round_robin's interleave when weights differ).
 	FallbackRoundRobin = "round_robin"
 )
 
