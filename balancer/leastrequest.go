@@ -58,8 +58,28 @@ func (a *LeastRequest) Build(info BuildInfo) Picker {
 	if a.ActiveRequestBias != nil {
 		p.bias = *a.ActiveRequestBias
 	}
-	for _, ep := range info.Endpoints {
-		p.weighted = p.weighted || ep.Weight() != info.Endpoints[0].Weight()
+	eps := info.Endpoints
+	weights := make([]uint64, len(eps))
+	var sum uint64
+	for i, ep := range eps {
+		weights[i] = uint64(ep.Weight())
+		sum += weights[i]
+		p.weighted = p.weighted || weights[i] != weights[0]
+	}
+	if !p.weighted && p.ss == nil {
+		return p // always the plain form
+	}
+	if p.weighted {
+		p.prob, p.alias = aliasTable(weights, sum)
+	}
+	p.norm = make([]float64, len(eps))
+	for i, w := range weights {
+		switch p.bias {
+		case 0, 1:
+			p.norm[i] = float64(w)
+		default:
+			p.norm[i] = math.Pow(float64(w), 1/p.bias)
+		}
 	}
 	return p
 }
@@ -73,6 +93,12 @@ type lrPicker struct {
 	bias     float64 // active request bias
 	ss       *slowStart
 	now      func() time.Time // for failure weights
+	// For the weighted form (weights differ, or slow start is on): Vose's
+	// alias table over the static weights (nil when they are equal), and each
+	// endpoint's static weight raised to 1/bias, its load normalizer.
+	prob  []uint32
+	alias []uint32
+	norm  []float64
 }
 
 func (p *lrPicker) Pick(PickInfo) (*Endpoint, error) {
@@ -122,8 +148,12 @@ func (p *lrPicker) pickLoaded(best, c *Endpoint) *Endpoint {
 	}
 }
 
-// pickWeighted samples like Pick and keeps the endpoint with the highest
-// effective weight / (inflight+1)^bias.
+// pickWeighted draws each candidate in proportion to its effective weight
+// (static weight from the alias table, times its slow-start factor by
+// rejection), then keeps the least loaded by normalized load, softly: see
+// prefer. At zero load every comparison is a tie and the first draw wins, so
+// shares follow the effective weights exactly; under load the less loaded
+// endpoint wins, as in the plain form.
 func (p *lrPicker) pickWeighted() *Endpoint {
 	now, ramping := int64(0), false
 	if p.ss != nil {
@@ -132,39 +162,63 @@ func (p *lrPicker) pickWeighted() *Endpoint {
 	if !p.weighted && !ramping {
 		return p.pickPlain()
 	}
-	r := p.rand()
-	i := fastrange(uint32(r), p.n)
-	j := fastrange(uint32(r>>32), p.n-1)
-	if j >= i {
-		j++
-	}
-	best := p.eps[i]
 	clk := weightClock{now: p.now}
-	bestScore := p.score(best, now, ramping, &clk)
+	best, bw := p.draw(now, ramping)
 	for k := 1; k < p.choices; k++ {
-		c := p.eps[j]
-		if s := p.score(c, now, ramping, &clk); s > bestScore {
-			best, bestScore = c, s
+		c, cw := p.draw(now, ramping)
+		if c != best && p.prefer(best, bw, c, cw, &clk) {
+			best, bw = c, cw
 		}
-		j = fastrange(uint32(p.rand()), p.n)
 	}
 	return best
 }
 
-func (p *lrPicker) score(ep *Endpoint, now int64, ramping bool, clk *weightClock) float64 {
-	w := float64(ep.weight.Load())
-	if ramping {
-		w *= p.ss.factor(ep, now)
+// draw returns an endpoint drawn in proportion to its effective weight, and
+// that weight raised to 1/bias (its load normalizer).
+func (p *lrPicker) draw(now int64, ramping bool) (*Endpoint, float64) {
+	for tries := 0; ; tries++ {
+		r := p.rand()
+		i := fastrange(uint32(r), p.n)
+		if p.prob != nil && uint32(r>>32) >= p.prob[i] {
+			i = uint64(p.alias[i])
+		}
+		ep := p.eps[i]
+		if !ramping {
+			return ep, p.norm[i]
+		}
+		f := p.ss.factor(ep, now)
+		if tries+1 < maxRejects && !p.ss.accept(f) {
+			continue
+		}
+		switch p.bias {
+		case 1:
+			return ep, p.norm[i] * f
+		case 0:
+			return ep, 1
+		default:
+			return ep, p.norm[i] * math.Pow(f, 1/p.bias)
+		}
 	}
-	a := float64(ep.inflight.Load()+1) + clk.weight(ep)
-	switch p.bias {
-	case 0:
-		return w
-	case 1:
-		return w / a
-	default:
-		return w / math.Pow(a, p.bias)
+}
+
+// prefer reports whether candidate c (normalizer cw) takes the pick from best
+// (normalizer bw). Each one's load is its requests in flight plus its failure
+// weight, divided by its normalizer; c wins when it is less loaded by a gap g,
+// counted in requests of the lighter of the two: with probability g, and
+// certainly from one request up. The soft margin is what keeps shares on the
+// weights at low concurrency: a single request in flight on a heavy endpoint
+// would otherwise send every pick that samples a light one to it.
+func (p *lrPicker) prefer(best *Endpoint, bw float64, c *Endpoint, cw float64, clk *weightClock) bool {
+	if p.bias == 0 {
+		return false
 	}
+	lb := float64(best.inflight.Load()) + clk.weight(best)
+	lc := float64(c.inflight.Load()) + clk.weight(c)
+	g := (lb/bw - lc/cw) * min(bw, cw)
+	if g <= 0 {
+		return false
+	}
+	return g >= 1 || float64(p.rand()>>11)*0x1p-53 < g
 }
 
 // fastrange maps a uniform 32-bit value onto [0, n) without a division
