@@ -13,10 +13,20 @@ func init() { Register("least_request", func() Algorithm { return &LeastRequest{
 // steers away from busy endpoints at the cost of one extra random draw, and unlike
 // a full scan it never herds every client onto the same idle endpoint.
 //
-// When endpoint weights differ (or an endpoint ramps under SlowStart), the
-// sampled endpoint with the highest weight/(inflight+1)^ActiveRequestBias wins,
-// Envoy's formula; Envoy applies it through a locked EDF scheduler, lodestar
-// through the same lock-free sampling as the equal-weight case.
+// When endpoint weights differ (or an endpoint ramps under SlowStart), each
+// candidate is drawn in proportion to its effective weight (static weight,
+// from an alias table, times its slow-start factor, by rejection) and the
+// less loaded one wins, its load being its requests in flight divided by its
+// weight^(1/ActiveRequestBias). The win is soft below one request of
+// difference (counted in requests of the lighter endpoint): a gap g takes the
+// pick with probability g. So at zero load every draw is a tie and shares are
+// the weights exactly; at low concurrency one request in flight does not
+// tip the shares (they stay within 3 points of the weights and of the
+// slow-start ramp at 0 to 40 requests open); and under load the less loaded
+// endpoint wins, as in the equal-weight case. Envoy scores weight /
+// (inflight+1)^bias through a locked EDF scheduler; lodestar keeps the pick
+// lock-free, and its shares, unlike that score's, stay on the weights when
+// in-flight counts are small.
 //
 // An endpoint's recent failures count as requests in flight (its failure
 // weight, see FailureWeight), so an endpoint that fails fast looks busy, not
@@ -28,9 +38,11 @@ type LeastRequest struct {
 	// choice_count). Default 2; valid 2-100.
 	ChoiceCount int `json:"choiceCount,omitempty" range:"[2, 100]"`
 	// ActiveRequestBias is how strongly in-flight requests count against a
-	// weighted endpoint (Envoy's active_request_bias): 0 ignores them (weighted
-	// random), 1 divides the weight by inflight+1. nil means the default, 1.0.
-	// Valid 0-100. Used only when weights differ or an endpoint ramps.
+	// weighted endpoint (after Envoy's active_request_bias): 0 ignores them
+	// (weighted random), 1 compares inflight/weight, b compares
+	// inflight/weight^(1/b), so above 1 the weights count less against load.
+	// nil means the default, 1.0. Valid 0-100. Used only when weights differ
+	// or an endpoint ramps.
 	ActiveRequestBias *float64 `json:"activeRequestBias,omitempty" range:"[0, 100]"`
 	// SlowStart ramps new and returning endpoints up (see SlowStart). Default off.
 	SlowStart SlowStart `json:"slowStart,omitzero"`
