@@ -81,6 +81,12 @@ func (a *LeastRequest) Build(info BuildInfo) Picker {
 	if !p.weighted && p.ss == nil {
 		return p // always the plain form
 	}
+	p.oldest = eps[0]
+	for _, ep := range eps {
+		if ep.since.Load() < p.oldest.since.Load() {
+			p.oldest = ep
+		}
+	}
 	if p.weighted {
 		p.prob, p.alias = aliasTable(weights, sum)
 	}
@@ -111,6 +117,9 @@ type lrPicker struct {
 	prob  []uint32
 	alias []uint32
 	norm  []float64
+	// oldest is the endpoint eligible longest: it has the largest slow-start
+	// factor.
+	oldest *Endpoint
 }
 
 func (p *lrPicker) Pick(PickInfo) (*Endpoint, error) {
@@ -175,9 +184,13 @@ func (p *lrPicker) pickWeighted() *Endpoint {
 		return p.pickPlain()
 	}
 	clk := weightClock{now: p.now}
-	best, bw := p.draw(now, ramping)
+	fmax := 1.0
+	if ramping {
+		fmax = p.ss.factor(p.oldest, now)
+	}
+	best, bw := p.draw(now, ramping, fmax)
 	for k := 1; k < p.choices; k++ {
-		c, cw := p.draw(now, ramping)
+		c, cw := p.draw(now, ramping, fmax)
 		if c != best && p.prefer(best, bw, c, cw, &clk) {
 			best, bw = c, cw
 		}
@@ -186,8 +199,11 @@ func (p *lrPicker) pickWeighted() *Endpoint {
 }
 
 // draw returns an endpoint drawn in proportion to its effective weight, and
-// that weight raised to 1/bias (its load normalizer).
-func (p *lrPicker) draw(now int64, ramping bool) (*Endpoint, float64) {
+// that weight raised to 1/bias (its load normalizer). A ramping endpoint is
+// accepted with probability factor/fmax, fmax being the largest factor of
+// the set (the oldest endpoint's), so that a set ramping together costs no
+// re-draws.
+func (p *lrPicker) draw(now int64, ramping bool, fmax float64) (*Endpoint, float64) {
 	for tries := 0; ; tries++ {
 		r := p.rand()
 		i := fastrange(uint32(r), p.n)
@@ -199,7 +215,7 @@ func (p *lrPicker) draw(now int64, ramping bool) (*Endpoint, float64) {
 			return ep, p.norm[i]
 		}
 		f := p.ss.factor(ep, now)
-		if tries+1 < maxRejects && !p.ss.accept(f) {
+		if tries+1 < maxRejects && f < fmax && !p.ss.accept(f/fmax) {
 			continue
 		}
 		switch p.bias {
