@@ -191,6 +191,11 @@ func (p *lrPicker) pickWeighted() *Endpoint {
 	best, bw := p.draw(now, ramping, fmax)
 	for k := 1; k < p.choices; k++ {
 		c, cw := p.draw(now, ramping, fmax)
+		// A candidate with failure weight is not compared with itself: drawn
+		// twice, a dead endpoint would win (its weight share)² of picks.
+		for tries := 0; c == best && tries < maxRejects && best.penalty.Load() != 0; tries++ {
+			c, cw = p.draw(now, ramping, fmax)
+		}
 		if c != best && p.prefer(best, bw, c, cw, &clk) {
 			best, bw = c, cw
 		}
