@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"math"
 	"testing"
 
 	"github.com/lodestar-go/lodestar/balancer/outcome"
@@ -23,33 +24,47 @@ func TestLeastRequestPicksFewestInFlight(t *testing.T) {
 	}
 }
 
+// Weighted picks, against the rule's exact probabilities: a (weight 3) and b
+// (weight 1) are each drawn with probability 3/4 and 1/4, twice, and the
+// second draw takes the pick from the first when it is less loaded by a gap g
+// (in-flight/weight^(1/bias), counted in requests of the lighter one):
+// always when g ≥ 1, with probability g below. Serial picks (each done at
+// once) over held requests; seed 3, 40,000 picks, tolerance ±1 point (the
+// noise is about 0.25 points).
 func TestLeastRequestWeighted(t *testing.T) {
 	bias := func(v float64) *float64 { return &v }
 	for _, tc := range []struct {
 		name         string
 		bias         *float64
-		aHeld        int // requests held on a (weight 3); b (weight 1) has none
-		wantA        bool
-		wantAfterTie bool
+		aHeld, bHeld int
+		wantA        float64
 	}{
-		// bias 1: 3/(a+1) against 1/(0+1).
-		{"bias1 a=1", nil, 1, true, false},  // 1.5 > 1
-		{"bias1 a=3", nil, 3, false, false}, // 0.75 < 1
+		// Idle: the weights. Then a holding 1 gives g = 1/3 when a is drawn
+		// first and b second (3/16): a keeps it with 2/3.
+		{"idle", nil, 0, 0, 0.75},
+		{"bias1 a=1", nil, 1, 0, 9.0/16 + 3.0/16*2/3},
+		// a holding 3: g = 1, so a only when drawn twice.
+		{"bias1 a=3", nil, 3, 0, 9.0 / 16},
+		// b holding 1: g = 1 against b, so a whenever drawn.
+		{"bias1 b=1", nil, 0, 1, 15.0 / 16},
 		// bias 0: weights only, in-flight ignored.
-		{"bias0 a=10", bias(0), 10, true, false},
-		// bias 2: 3/(a+1)^2 against 1: a=1 gives 0.75.
-		{"bias2 a=1", bias(2), 1, false, false},
+		{"bias0 a=10", bias(0), 10, 0, 0.75},
+		// bias 2: a's load normalized by √3: g = 1/√3.
+		{"bias2 a=1", bias(2), 1, 0, 9.0/16 + 3.0/16*(1-1/math.Sqrt(3))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newTestEngine(t, &LeastRequest{ActiveRequestBias: tc.bias}, newFakeClock(), 1,
+			const seed, draws = 3, 40_000
+			e := newTestEngine(t, &LeastRequest{ActiveRequestBias: tc.bias}, newFakeClock(), seed,
 				resolverEndpoints(2, func(i int) uint32 { return []uint32{3, 1}[i] }))
-			a := e.Endpoint(addr(0))
+			a, b := e.Endpoint(addr(0)), e.Endpoint(addr(1))
 			for range tc.aHeld {
 				a.Acquire()
 			}
-			ep, _ := e.Pick(PickInfo{})
-			if got := ep == a; got != tc.wantA {
-				t.Fatalf("picked %s, want a: %v", ep.Address(), tc.wantA)
+			for range tc.bHeld {
+				b.Acquire()
+			}
+			if got := share(countPicks(t, e, draws), 0); math.Abs(got-tc.wantA) > 0.01 {
+				t.Fatalf("a's share %.4f, want %.4f ±0.01 (seed %d)", got, tc.wantA, seed)
 			}
 		})
 	}
