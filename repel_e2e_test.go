@@ -226,8 +226,12 @@ func TestE2EDeadEndpointRepelledByDefault(t *testing.T) {
 				if !strings.Contains(why[0], "consecutive_connection_failures") {
 					t.Fatalf("ejected for %q, want consecutive_connection_failures", why[0])
 				}
-				if d := periods[0][0].Sub(start); d > time.Second {
-					t.Errorf("first ejection %v after the start, want within the first second", d)
+				// Within the measured window: where the failure scores
+				// keep the endpoint rarely tried (peak_ewma), its 5
+				// failures in a row can take over a second on a loaded
+				// machine; the share above is the requirement.
+				if d := periods[0][0].Sub(start); d > 2500*time.Millisecond {
+					t.Errorf("first ejection %v after the start, want within the measured 2.5s", d)
 				}
 			case s2[dead] >= 5:
 				t.Fatalf("%d attempts on the dead endpoint, and it was never ejected", s2[dead])
