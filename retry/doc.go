@@ -8,6 +8,7 @@
 //     statuses, gRPC codes), backoff, budget and hedging. Validate checks
 //     names and the rules between fields; each number's range is in its
 //     `range` tag.
+//
 //   - Policy is a Config compiled for the request path: Retryable applies the
 //     lists and the safety rule (a non-idempotent request is never sent
 //     twice: after it may have reached the server, only idempotent requests
@@ -15,11 +16,14 @@
 //     left), Delay the jittered exponential backoff (full, equal or
 //     decorrelated jitter, from internal/backoff, the module's one
 //     implementation) and the server's Retry-After or gRPC pushback, capped.
+//
 //   - Budget is one service's retry budget, Finagle's: retries within
 //     ratio × recent requests + minPerSecond × window, so that retries cannot
 //     multiply the load of a failing service.
+//
 //   - Idempotent, ParseRetryAfter and ParseRetryPushback read what HTTP and
 //     gRPC say about a request and a response.
+//
 //   - LatencyTracker keeps a service's recent latencies (lock-free log-linear
 //     histogram over a sliding window) and Hedger turns the policy's hedge
 //     section into a delay, fixed or a cached percentile (none until the
