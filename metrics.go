@@ -77,13 +77,9 @@ func (t *Transport) startMetrics(opts Options) {
 	meter := mp.Meter(balancer.MeterName)
 	requests, err1 := meter.Int64ObservableCounter(MetricRequests, metric.WithUnit("{request}"),
 		metric.WithDescription("Requests through the HTTP door, by the outcome class of their answer."))
-	retries, err2 := meter.Int64ObservableCounter(MetricRetries, metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries sent (withdrawals from the retry budget)."))
-	refused, err3 := meter.Int64ObservableCounter(MetricRetryBudgetExhausted, metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries the retry budget refused."))
-	hedges, err4 := meter.Int64ObservableCounter(MetricHedges, metric.WithUnit("{hedge}"),
-		metric.WithDescription("Hedged attempts sent."))
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	ri, err2 := balancer.NewRetryInstruments(meter)
+	retries, refused, hedges := ri.Retries, ri.Refused, ri.Hedges
+	if err := errors.Join(err1, err2); err != nil {
 		t.logger.Warn("lodestar: metrics off: the meter provider refused an instrument", "error", err)
 		return
 	}

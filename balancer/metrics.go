@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -362,4 +363,25 @@ func breakerTo(why string) string {
 		return strings.TrimSpace(why[i+len("→ "):])
 	}
 	return "unknown"
+}
+
+// RetryInstruments are the front doors' retry instruments (MetricRetries,
+// MetricRetryBudgetExhausted, MetricHedges), observable counters each door
+// feeds from its retry budgets and hedge counts.
+type RetryInstruments struct {
+	Retries, Refused, Hedges metric.Int64ObservableCounter
+}
+
+// NewRetryInstruments makes the retry instruments on meter, with the names,
+// units and descriptions both doors share.
+func NewRetryInstruments(meter metric.Meter) (RetryInstruments, error) {
+	var ri RetryInstruments
+	var err1, err2, err3 error
+	ri.Retries, err1 = meter.Int64ObservableCounter(MetricRetries, metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries sent (withdrawals from the retry budget)."))
+	ri.Refused, err2 = meter.Int64ObservableCounter(MetricRetryBudgetExhausted, metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries the retry budget refused."))
+	ri.Hedges, err3 = meter.Int64ObservableCounter(MetricHedges, metric.WithUnit("{hedge}"),
+		metric.WithDescription("Hedged attempts sent."))
+	return ri, errors.Join(err1, err2, err3)
 }

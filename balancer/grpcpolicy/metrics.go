@@ -2,7 +2,6 @@ package grpcpolicy
 
 import (
 	"context"
-	"errors"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
@@ -54,15 +53,11 @@ func (m *retryMetrics) start(mp metric.MeterProvider, service string) {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(balancer.MeterName)
-	retries, err1 := meter.Int64ObservableCounter(balancer.MetricRetries, metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries sent (withdrawals from the retry budget)."))
-	refused, err2 := meter.Int64ObservableCounter(balancer.MetricRetryBudgetExhausted, metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries the retry budget refused."))
-	hedges, err3 := meter.Int64ObservableCounter(balancer.MetricHedges, metric.WithUnit("{hedge}"),
-		metric.WithDescription("Hedged attempts sent."))
-	if errors.Join(err1, err2, err3) != nil {
+	ri, err := balancer.NewRetryInstruments(meter)
+	if err != nil {
 		return
 	}
+	retries, refused, hedges := ri.Retries, ri.Refused, ri.Hedges
 	attrs := metric.WithAttributeSet(attribute.NewSet(
 		attribute.String(balancer.AttrService, service), attribute.String(balancer.AttrDoor, "grpc")))
 	reg, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
