@@ -68,35 +68,47 @@ func (a *BoundedLoad) Validate() error {
 	return validateFallback(a.Fallback)
 }
 
-// Build returns a bounded-load picker over info.Endpoints.
+// Build returns a bounded-load picker over info.Endpoints, its ring over
+// info.Members (info.Endpoints when Members is not set).
 func (a *BoundedLoad) Build(info BuildInfo) Picker {
-	c, per := a.Balance, a.PointsPerEndpoint
-	if c == 0 {
-		c = 1.25
+	members := info.Members
+	if members == nil {
+		members = info.Endpoints
 	}
+	per := a.PointsPerEndpoint
 	if per == 0 {
 		per = 100
+	}
+	counts := ringPoints(members, per, 1, maxRingSize)
+	if len(members) <= maxOwners[uint16]() {
+		return newBLPicker(a, newHashTable[uint16](members, counts), info)
+	}
+	return newBLPicker(a, newHashTable[uint32](members, counts), info)
+}
+
+func newBLPicker[T owner](a *BoundedLoad, t *hashTable[T], info BuildInfo) Picker {
+	v, ok := t.view(info.Endpoints)
+	if !ok { // an eligible endpoint outside Members: build over both
+		return a.Build(BuildInfo{Endpoints: info.Endpoints, Now: info.Now, Rand: info.Rand, AddTotalInFlight: info.AddTotalInFlight})
+	}
+	c := a.Balance
+	if c == 0 {
+		c = 1.25
 	}
 	var wsum float64
 	for _, ep := range info.Endpoints {
 		wsum += float64(ep.Weight())
 	}
-	share := make([]float64, len(info.Endpoints))
-	for i, ep := range info.Endpoints {
-		share[i] = c * float64(ep.Weight()) / wsum
+	share := make([]float64, len(t.eps))
+	for e, ep := range info.Endpoints {
+		share[v.eidx[e]] = c * float64(ep.Weight()) / wsum
 	}
-	counts := ringPoints(info.Endpoints, per, 1, maxRingSize)
 	add := info.AddTotalInFlight
 	if add == nil {
 		add = sumInFlight(info.Endpoints)
 	}
-	var p boundedPicker
-	if len(info.Endpoints) <= 1<<16 {
-		p = &blPicker[uint16]{ring: buildRing[uint16](info.Endpoints, counts), share: share, add: add}
-	} else {
-		p = &blPicker[uint32]{ring: buildRing[uint32](info.Endpoints, counts), share: share, add: add}
-	}
-	p.initKeyless(a.Fallback, info)
+	p := &blPicker[T]{alg: a, hashView: v, share: share, add: add, now: info.Now}
+	p.blKeyless.init(a.Fallback, info)
 	return p
 }
 
@@ -113,22 +125,27 @@ func sumInFlight(eps []*Endpoint) func(int64) int64 {
 	}
 }
 
-type boundedPicker interface {
-	SelfCounting
-	initKeyless(mode string, info BuildInfo)
-}
-
 type blPicker[T owner] struct {
-	*ring[T]
+	alg *BoundedLoad
+	hashView[T]
 	blKeyless
-	share []float64         // c·wᵢ/W per endpoint
+	share []float64         // c·wᵢ/W by index in eps (W: the eligible endpoints' weights)
 	add   func(int64) int64 // the engine's total in flight
 	now   func() time.Time  // for failure weights
 }
 
-func (p *blPicker[T]) initKeyless(mode string, info BuildInfo) {
-	p.blKeyless.init(mode, info)
-	p.now = info.Now
+// Update keeps the ring for a new eligible set, and updates it for new
+// members (see hashTable): an ejection or a readmission builds no ring.
+func (p *blPicker[T]) Update(info BuildInfo) Picker {
+	members := info.Members
+	if members == nil {
+		members = info.Endpoints
+	}
+	t, ok := p.hashTable.update(members)
+	if !ok {
+		return p.alg.Build(info)
+	}
+	return newBLPicker(p.alg, t, info)
 }
 
 // blKeyless is where bounded_load sends a request without an affinity key:
@@ -228,21 +245,20 @@ func (p *blPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 	if !info.HasHash {
 		return p.pickKeyless(total, &clk), nil
 	}
-	start := p.find(info.Hash)
+	var got *Endpoint
 	for range maxWalks {
-		i := start
-		for range len(p.hashes) {
-			o := p.owners[i]
-			if p.tryAcquire(p.eps[o], int64(math.Ceil(total*p.share[o])), &clk) {
-				return p.eps[o], nil
+		if p.walk(info.Hash, func(i T) bool {
+			if ep := p.hashView.eps[i]; p.tryAcquire(ep, int64(math.Ceil(total*p.share[i])), &clk) {
+				got = ep
+				return true
 			}
-			if i++; i == len(p.hashes) {
-				i = 0
-			}
+			return false
+		}) {
+			return got, nil
 		}
 		total = float64(p.add(0))
 	}
-	ep := p.eps[p.owners[start]]
+	ep := p.hashView.eps[p.successor(info.Hash)]
 	ep.Acquire()
 	return ep, nil
 }
@@ -252,14 +268,14 @@ func (p *blPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 func (p *blPicker[T]) pickKeyless(total float64, clk *weightClock) *Endpoint {
 	i := p.draw()
 	for range keylessDraws {
-		if ep := p.eps[i]; p.tryAcquire(ep, int64(math.Ceil(total*p.share[i])), clk) {
+		if ep := p.blKeyless.eps[i]; p.tryAcquire(ep, int64(math.Ceil(total*p.share[p.eidx[i]])), clk) {
 			return ep
 		}
 		i = p.draw()
 	}
 	for range maxWalks {
 		for range p.n {
-			if ep := p.eps[i]; p.tryAcquire(ep, int64(math.Ceil(total*p.share[i])), clk) {
+			if ep := p.blKeyless.eps[i]; p.tryAcquire(ep, int64(math.Ceil(total*p.share[p.eidx[i]])), clk) {
 				return ep
 			}
 			if i++; i == p.n {
@@ -268,6 +284,6 @@ func (p *blPicker[T]) pickKeyless(total float64, clk *weightClock) *Endpoint {
 		}
 		total = float64(p.add(0))
 	}
-	p.eps[i].Acquire()
-	return p.eps[i]
+	p.blKeyless.eps[i].Acquire()
+	return p.blKeyless.eps[i]
 }

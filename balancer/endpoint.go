@@ -80,6 +80,8 @@ type Endpoint struct {
 	gate  atomic.Uint32                   // gateHalfOpen while the breaker is half-open
 	seen  atomic.Uint64                   // outcomes counted at the last HasTraffic call
 
+	mark uint64 // the last Engine.Update that listed it; guarded by the engine's mutex
+
 	obs *endpointObs // recent latencies, metric attributes (observe.go); set before the endpoint is published
 }
 

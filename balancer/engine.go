@@ -94,7 +94,19 @@ type Engine struct {
 	// until initialDeadline.
 	started, initialDeadline time.Time
 
-	panicking bool // the last snapshot was built in panic (see Config.PanicThreshold)
+	panicking bool   // the last snapshot was built in panic (see Config.PanicThreshold)
+	updates   uint64 // Update calls, for Endpoint.mark
+
+	// last is the plain (ungrouped) picker the last rebuild made with alg, nil
+	// after a grouped one or a new configuration: an Updater makes the next
+	// picker from it.
+	last Picker
+	// Condition changes coalesce (settle): dirty counts the changes made,
+	// built is dirty as of the last rebuild, rebuilds counts rebuilds.
+	// rebuildMu lets one goroutine at a time settle, so a storm of changes from
+	// many goroutines costs one rebuild per wave, not one per change.
+	dirty, built, rebuilds uint64
+	rebuildMu              sync.Mutex
 
 	ev events // the subscribers and the queue of events to deliver
 
@@ -216,7 +228,7 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		e.mu.Unlock()
 		return ErrClosed
 	}
-	e.cfg, e.alg = cfg, cfg.algorithm()
+	e.cfg, e.alg, e.last = cfg, cfg.algorithm(), nil
 	retired := e.setProtectionLocked(cfg)
 	e.mode.Store(newMode(cfg, e.alg, e.prot))
 	e.rebuildLocked()
@@ -676,23 +688,19 @@ func (e *Engine) Endpoint(addr string) *Endpoint {
 // Config.AllowEmpty. Endpoints that remain keep their live statistics; removed
 // ones drain.
 func (e *Engine) Update(eps []resolver.Endpoint) {
-	valid := make([]resolver.Endpoint, 0, len(eps))
-	seen := make(map[string]struct{}, len(eps))
+	// Validate without copying the answer unless something must be dropped:
+	// at 10,000 endpoints the copy alone was a megabyte per update.
+	valid := eps
 	var bad []string
-	for _, ep := range eps {
-		if err := ep.Validate(); err != nil {
+	for i := range eps {
+		if err := eps[i].Validate(); err != nil {
+			if bad == nil {
+				valid = slices.Clone(eps[:i])
+			}
 			bad = append(bad, err.Error())
-			continue
+		} else if bad != nil {
+			valid = append(valid, eps[i])
 		}
-		if _, dup := seen[ep.Address]; dup {
-			bad = append(bad, "duplicate address "+ep.Address)
-			continue
-		}
-		seen[ep.Address] = struct{}{}
-		valid = append(valid, ep)
-	}
-	if len(bad) > 0 {
-		e.ReportError(fmt.Errorf("discovery answer: dropped %d invalid endpoint(s): %s", len(bad), strings.Join(bad, "; ")))
 	}
 
 	var drained []*Endpoint
@@ -704,42 +712,65 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 	if len(valid) == 0 && len(e.endpoints) > 0 && !e.cfg.AllowEmpty {
 		n := len(e.endpoints)
 		e.mu.Unlock()
+		e.reportBad(bad)
 		e.ReportError(fmt.Errorf("discovery returned an empty set; keeping the last %d endpoints (set allowEmpty to believe empty answers)", n))
 		return
 	}
 	e.awaiting, e.gotSet = false, true
-	if len(bad) == 0 {
-		e.feedErr = nil
-	}
+	// Each endpoint of the answer is marked with this update's number: a
+	// second entry for a marked address is a duplicate, and an endpoint left
+	// unmarked was removed (no map of the answer's addresses to build).
+	e.updates++
+	gen := e.updates
 	now := e.opts.Now()
 	var added, removedN int
 	var newEps []*Endpoint
-	for _, info := range valid {
+	for i := range valid {
+		info := &valid[i]
 		if ep, ok := e.endpoints[info.Address]; ok {
-			if !ep.Info().Equal(info) {
-				ep.setInfo(info)
+			if ep.mark == gen {
+				bad = append(bad, "duplicate address "+info.Address)
+				continue
+			}
+			ep.mark = gen
+			if !ep.Info().Equal(*info) {
+				ep.setInfo(*info)
 			}
 			continue
 		}
 		ep, ok := e.draining[info.Address]
 		if ok { // back before it drained: it keeps its statistics
 			delete(e.draining, info.Address)
-			ep.setInfo(info)
+			ep.setInfo(*info)
 			ep.setCondition(removed, false, now)
 		} else {
-			ep = newEndpoint(info, now)
+			ep = newEndpoint(*info, now)
 			ep.conds.Store(uint32(e.opts.InitialConditions &^ removed))
 		}
+		ep.mark = gen
 		e.endpoints[info.Address] = ep
 		e.attachLocked(ep, e.prot, false)
 		newEps = append(newEps, ep)
 		added++
 		e.emit(Event{Kind: EndpointAdded, Address: ep.addr, New: ep.Conditions(), At: now})
 	}
-	for addr, ep := range e.endpoints {
-		if _, ok := seen[addr]; ok {
+	if len(bad) == 0 {
+		e.feedErr = nil
+	}
+	// The members before this update are e.sorted (a slice walks faster than
+	// the map), unless it is stale.
+	before := e.sorted
+	if len(before)+added != len(e.endpoints) {
+		before = make([]*Endpoint, 0, len(e.endpoints))
+		for _, ep := range e.endpoints {
+			before = append(before, ep)
+		}
+	}
+	for _, ep := range before {
+		if ep.mark == gen {
 			continue
 		}
+		addr := ep.addr
 		delete(e.endpoints, addr)
 		ep.setCondition(removed, true, now)
 		removedN++
@@ -756,6 +787,7 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 	e.rebuildLocked()
 	e.mu.Unlock()
 	e.dispatch()
+	e.reportBad(bad)
 	e.observeAnswer() // metrics, the recovery log line (observe.go)
 	if added > 0 || removedN > 0 {
 		e.syncChecker()
@@ -763,10 +795,17 @@ func (e *Engine) Update(eps []resolver.Endpoint) {
 
 	if added > 0 || removedN > 0 {
 		e.opts.Logger.Debug("lodestar: endpoints changed", "service", e.opts.Service,
-			"added", added, "removed", removedN, "total", len(valid))
+			"added", added, "removed", removedN, "total", len(valid)-len(bad))
 	}
 	for _, ep := range drained {
 		e.notifyDrained(ep)
+	}
+}
+
+// reportBad reports the entries Update dropped, if any.
+func (e *Engine) reportBad(bad []string) {
+	if len(bad) > 0 {
+		e.ReportError(fmt.Errorf("discovery answer: dropped %d invalid endpoint(s): %s", len(bad), strings.Join(bad, "; ")))
 	}
 }
 
@@ -798,14 +837,44 @@ func (e *Engine) SetCondition(addr string, c Condition, on bool) bool {
 // event carries ("5 consecutive failures", "health check: status 503").
 func (e *Engine) SetConditionWhy(addr string, c Condition, on bool, why string) bool {
 	c &^= removed
+	var gen uint64
 	e.mu.Lock()
 	ep, ok := e.endpoints[addr]
 	if ok && !e.closed && e.setConditionLocked(ep, c, on, why) {
+		gen = e.changedLocked()
+	}
+	e.mu.Unlock()
+	e.settle(gen)
+	e.dispatch()
+	return ok
+}
+
+// changedLocked records a condition change that needs a rebuild and returns
+// its number, for settle.
+func (e *Engine) changedLocked() uint64 {
+	e.dirty++
+	return e.dirty
+}
+
+// settle returns once a snapshot that covers change number gen (from
+// changedLocked) is published: it rebuilds, unless a rebuild that began after
+// the change (another goroutine's settle, an Update) already covered it. Many
+// goroutines changing conditions at once (an ejection storm, a burst of
+// breaker trips) wait here for one another, and each wave costs one rebuild.
+// A pick that starts after settle returns sees the change; picks in between
+// that chose the endpoint see its condition when they count it and pick again
+// (repick), as they would during any rebuild. gen 0 is no change.
+func (e *Engine) settle(gen uint64) {
+	if gen == 0 {
+		return
+	}
+	e.rebuildMu.Lock()
+	e.mu.Lock()
+	if e.built < gen && !e.closed {
 		e.rebuildLocked()
 	}
 	e.mu.Unlock()
-	e.dispatch()
-	return ok
+	e.rebuildMu.Unlock()
 }
 
 // setConditionLocked sets or clears c on ep, emits the change, and reports
@@ -853,10 +922,12 @@ func (e *Engine) Pause(addr string, d time.Duration, why string) bool {
 	p := &pause{until: until}
 	p.timer = time.AfterFunc(d, func() { e.endPause(ep, p) })
 	e.pauses[ep] = p
+	var gen uint64
 	if e.setConditionLocked(ep, Paused, true, fmt.Sprintf("%s: paused for %v", why, d)) {
-		e.rebuildLocked()
+		gen = e.changedLocked()
 	}
 	e.mu.Unlock()
+	e.settle(gen)
 	e.dispatch()
 	return true
 }
@@ -869,14 +940,16 @@ type pause struct {
 
 // endPause lifts p, unless a later Pause replaced it.
 func (e *Engine) endPause(ep *Endpoint, p *pause) {
+	var gen uint64
 	e.mu.Lock()
 	if e.pauses[ep] == p {
 		delete(e.pauses, ep)
 		if !e.closed && e.setConditionLocked(ep, Paused, false, "pause over") {
-			e.rebuildLocked()
+			gen = e.changedLocked()
 		}
 	}
 	e.mu.Unlock()
+	e.settle(gen)
 	e.dispatch()
 }
 
@@ -913,6 +986,8 @@ func (e *Engine) notifyDrained(ep *Endpoint) {
 
 // rebuildLocked builds and publishes a snapshot of the current set.
 func (e *Engine) rebuildLocked() {
+	e.built = e.dirty
+	e.rebuilds++
 	all := e.sorted
 	if all == nil || len(all) != len(e.endpoints) {
 		all = make([]*Endpoint, 0, len(e.endpoints))
@@ -971,14 +1046,18 @@ func (e *Engine) rebuildLocked() {
 	}
 	s := &snapshot{mode: m, endpoints: eligible, all: all, tolerated: uint32(tolerated), gated: m.gated, trackTotal: m.trackTotal, changed: make(chan struct{})}
 	if len(eligible) > 0 {
-		bi := BuildInfo{Endpoints: eligible, Now: e.opts.Now, Rand: e.opts.Rand}
+		bi := BuildInfo{Endpoints: eligible, Members: all, Now: e.opts.Now, Rand: e.opts.Rand}
 		if s.trackTotal {
 			bi.AddTotalInFlight = e.total.Add
 		}
 		if gp != nil {
-			s.picker = gp.picker(e.alg, bi)
+			s.picker, e.last = gp.picker(e.alg, bi), nil
+		} else if u, ok := e.last.(Updater); ok {
+			s.picker = u.Update(bi)
+			e.last = s.picker
 		} else {
 			s.picker = e.alg.Build(bi)
+			e.last = s.picker
 		}
 		_, s.selfCounting = s.picker.(SelfCounting)
 	} else if !e.gotSet && (e.awaiting || e.feedErr != nil) {

@@ -644,7 +644,7 @@ func (p *groupPlan) picker(alg Algorithm, bi BuildInfo) Picker {
 					continue
 				}
 				lbi := bi
-				lbi.Endpoints = eps
+				lbi.Endpoints, lbi.Members = eps, eps
 				if bi.AddTotalInFlight != nil {
 					lbi.AddTotalInFlight = scaledTotal(bi.AddTotalInFlight, sp.share*sp.loads[j]*f[c], len(eps), len(p.endpoints))
 				}

@@ -48,6 +48,15 @@ type BuildInfo struct {
 	// Endpoints are the eligible endpoints, sorted by address; at least one.
 	// The picker may keep the slice; it must not modify it.
 	Endpoints []*Endpoint
+	// Members are the endpoints of the set, eligible or not (ejected,
+	// unhealthy, not connected...), that discovery has not removed, sorted by
+	// address: Endpoints is a subset of it. An algorithm whose tables are costly
+	// to build (a hash ring) builds them over Members and skips, at pick time,
+	// the members that are not in Endpoints, so that an ejection or a
+	// readmission reuses the tables (see Updater). The picker may keep the
+	// slice; it must not modify it. When the engine groups endpoints (locality,
+	// priority, split), each group's picker gets its group's endpoints in both.
+	Members []*Endpoint
 	// Now is the engine's clock.
 	Now func() time.Time
 	// Rand returns uniformly random 64-bit values and is safe for concurrent use.
@@ -57,6 +66,25 @@ type BuildInfo struct {
 	// number; AddTotalInFlight(0) reads it. It is set only for an algorithm that
 	// implements TotalCounting, nil otherwise. The engine subtracts one in Done.
 	AddTotalInFlight func(delta int64) int64
+}
+
+// An Updater is a picker that makes its successor for a changed endpoint set
+// more cheaply than Algorithm.Build, reusing what does not depend on which
+// endpoints are eligible: ring_hash and bounded_load keep their ring over
+// BuildInfo.Members and skip ineligible endpoints on the walk, as grpc's ring
+// hash does, so an ejection or a readmission costs O(n) work on a small
+// per-endpoint table instead of a new ring, and a member that joins or leaves
+// updates the ring in place of rebuilding it.
+//
+// The engine calls Update on the picker in force (instead of Build) when it
+// rebuilds with the same algorithm configuration and no grouping; a new
+// configuration builds afresh. Update must not modify the receiver, which picks
+// keep using until the new picker is published, and must pick exactly as
+// Build(info) would, up to what Build leaves to chance (the random draws,
+// the round robin's starting turn).
+type Updater interface {
+	Picker
+	Update(info BuildInfo) Picker
 }
 
 // TotalCounting is implemented by an algorithm whose pickers need the engine's

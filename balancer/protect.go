@@ -127,8 +127,9 @@ func (e *Engine) attachLocked(ep *Endpoint, p *protection, rebuildBreakers bool)
 func (e *Engine) newBreaker(ep *Endpoint, cfg breaker.Config) *breaker.Breaker {
 	var b *breaker.Breaker
 	b = breaker.New(cfg, breaker.Options{Name: ep.addr, OnStateChange: func(from, to breaker.State) {
+		var gen uint64
 		e.mu.Lock()
-		defer func() { e.mu.Unlock(); e.dispatch() }()
+		defer func() { e.mu.Unlock(); e.settle(gen); e.dispatch() }()
 		if ep.brk.Load() != b || e.closed {
 			return // replaced or closed meanwhile
 		}
@@ -141,7 +142,7 @@ func (e *Engine) newBreaker(ep *Endpoint, cfg breaker.Config) *breaker.Breaker {
 			ep.gate.And(^gateHalfOpen)
 		}
 		if e.setConditionLocked(ep, BreakerOpen, to == breaker.Open, why) && !ep.Removed() {
-			e.rebuildLocked()
+			gen = e.changedLocked()
 		}
 	}})
 	return b
@@ -166,8 +167,9 @@ func (e *Engine) record(m *mode, ep *Endpoint, o outcome.Outcome) {
 // ejectInline ejects ep now, if the detector's max-ejection rule allows, so
 // the very next pick avoids it.
 func (e *Engine) ejectInline(ep *Endpoint, st *health.Stats, d *health.Detector, why health.Reason) {
+	var gen uint64
 	e.mu.Lock()
-	defer func() { e.mu.Unlock(); e.dispatch() }()
+	defer func() { e.mu.Unlock(); e.settle(gen); e.dispatch() }()
 	if e.closed || e.endpoints[ep.addr] != ep || e.prot == nil || e.prot.detector != d {
 		return
 	}
@@ -183,7 +185,7 @@ func (e *Engine) ejectInline(ep *Endpoint, st *health.Stats, d *health.Detector,
 	now := e.opts.Now()
 	until, ok := d.Ejected(st, why, now)
 	if ok && e.setConditionLocked(ep, Ejected, true, ejectWhy(why, until.Sub(now))) {
-		e.rebuildLocked()
+		gen = e.changedLocked()
 	}
 	if ok {
 		e.startOutlierLoopLocked(e.prot, true)
@@ -322,8 +324,9 @@ func (e *Engine) healthChecked(key string, passed bool, _ string) {
 	if !passed {
 		return
 	}
+	var gen uint64
 	e.mu.Lock()
-	defer func() { e.mu.Unlock(); e.dispatch() }()
+	defer func() { e.mu.Unlock(); e.settle(gen); e.dispatch() }()
 	ep := e.endpoints[key]
 	if ep == nil || e.closed || e.prot == nil || e.prot.detector == nil || !e.prot.detector.EndEjectionOnHealthy() ||
 		ep.Conditions()&Ejected == 0 {
@@ -334,7 +337,7 @@ func (e *Engine) healthChecked(key string, passed bool, _ string) {
 		return
 	}
 	if _, ok := e.prot.detector.Uneject(st); ok && e.setConditionLocked(ep, Ejected, false, "health check passed: ejection ended early") {
-		e.rebuildLocked()
+		gen = e.changedLocked()
 	}
 }
 

@@ -66,32 +66,62 @@ func (a *RingHash) sizes() (minSize, maxSize int) {
 	return minSize, maxSize
 }
 
-// Build returns a ring hash picker over info.Endpoints.
+// Build returns a ring hash picker over info.Endpoints, its ring over
+// info.Members (info.Endpoints when Members is not set).
 func (a *RingHash) Build(info BuildInfo) Picker {
+	members := info.Members
+	if members == nil {
+		members = info.Endpoints
+	}
+	if len(members) <= maxOwners[uint16]() {
+		return newRingPicker(a, newHashTable[uint16](members, a.points(members)), info)
+	}
+	return newRingPicker(a, newHashTable[uint32](members, a.points(members)), info)
+}
+
+func (a *RingHash) points(members []*Endpoint) []int {
 	per := a.PointsPerEndpoint
 	if per == 0 {
 		per = 2048
 	}
 	mn, mx := a.sizes()
-	counts := ringPoints(info.Endpoints, per, mn, mx)
-	if len(info.Endpoints) <= 1<<16 {
-		p := &ringPicker[uint16]{ring: buildRing[uint16](info.Endpoints, counts)}
-		p.keyless.init(a.Fallback, info)
-		return p
+	return ringPoints(members, per, mn, mx)
+}
+
+func newRingPicker[T owner](a *RingHash, t *hashTable[T], info BuildInfo) Picker {
+	v, ok := t.view(info.Endpoints)
+	if !ok { // an eligible endpoint outside Members: build over both
+		return a.Build(BuildInfo{Endpoints: info.Endpoints, Now: info.Now, Rand: info.Rand})
 	}
-	p := &ringPicker[uint32]{ring: buildRing[uint32](info.Endpoints, counts)}
+	p := &ringPicker[T]{alg: a, hashView: v}
 	p.keyless.init(a.Fallback, info)
 	return p
 }
 
+// ringPicker picks from a ring over the members, skipping ineligible ones.
 type ringPicker[T owner] struct {
-	*ring[T]
+	alg *RingHash
+	hashView[T]
 	keyless
 }
 
 func (p *ringPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 	if !info.HasHash {
-		return p.eps[p.index()], nil
+		return p.keyless.eps[p.index()], nil
 	}
-	return p.eps[p.owners[p.find(info.Hash)]], nil
+	return p.hashView.eps[p.successor(info.Hash)], nil
+}
+
+// Update keeps the ring for a new eligible set, and updates it for new
+// members (see hashTable): an ejection or a readmission builds no ring.
+func (p *ringPicker[T]) Update(info BuildInfo) Picker {
+	members := info.Members
+	if members == nil {
+		members = info.Endpoints
+	}
+	t, ok := p.hashTable.update(members)
+	if !ok {
+		return p.alg.Build(info)
+	}
+	return newRingPicker(p.alg, t, info)
 }
