@@ -223,3 +223,61 @@ func TestRingEngineEjectionReusesRing(t *testing.T) {
 		})
 	}
 }
+
+// Maglev keeps its table across an ejection: only the ejected endpoint's keys
+// move (to the next slots' owners, which the interleaved table spreads over
+// the others), where a rebuilt table moved 0.73% of keys at 1,000 endpoints.
+// Seed 17; 200,000 keys; exact: no other key moves; and the ejected
+// endpoint's keys land on at least 40 different endpoints (it owns about 65
+// of the 65,537 slots, each passing its keys to the next slot's owner;
+// measured 60).
+func TestMaglevEjectionMovesOnlyItsKeys(t *testing.T) {
+	e, err := NewEngine(Config{Algorithm: &Maglev{}}, Options{Rand: seededRand(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	eps := make([]resolver.Endpoint, 1000)
+	for i := range eps {
+		eps[i] = resolver.Endpoint{Address: addr(i)}
+	}
+	e.Update(eps)
+	rnd := rand.New(rand.NewPCG(17, 17))
+	keys := make([]uint64, 200_000)
+	before := make([]*Endpoint, len(keys))
+	pick := func(h uint64) *Endpoint {
+		ep, err := e.Pick(PickInfo{HasHash: true, Hash: h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Done(ep, outcome.Outcome{Class: outcome.Success})
+		return ep
+	}
+	for i := range keys {
+		keys[i] = rnd.Uint64()
+		before[i] = pick(keys[i])
+	}
+	table := e.snap.Load().picker.(*maglevPicker[uint16]).maglevTab
+	victim := before[0]
+	e.SetCondition(victim.addr, Ejected, true)
+	if e.snap.Load().picker.(*maglevPicker[uint16]).maglevTab != table {
+		t.Fatal("ejection refilled the table")
+	}
+	moved, receivers := 0, map[*Endpoint]bool{}
+	for i, h := range keys {
+		got := pick(h)
+		if before[i] == victim {
+			moved++
+			receivers[got] = true
+			if got == victim {
+				t.Fatal("picked the ejected endpoint")
+			}
+		} else if got != before[i] {
+			t.Fatalf("key %x moved from %s to %s, though its endpoint stayed", h, before[i].addr, got.addr)
+		}
+	}
+	t.Logf("ejecting 1 of 1,000 moved %.3f%% of keys, to %d endpoints", float64(moved)*100/float64(len(keys)), len(receivers))
+	if len(receivers) < 40 {
+		t.Errorf("the ejected endpoint's %d keys went to %d endpoints, want ≥ 40", moved, len(receivers))
+	}
+}

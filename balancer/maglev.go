@@ -66,18 +66,67 @@ func (a *Maglev) Validate() error {
 	return validateFallback(a.Fallback)
 }
 
-// Build returns a Maglev picker over info.Endpoints.
+// Build returns a Maglev picker over info.Endpoints, its table over
+// info.Members (info.Endpoints when Members is not set).
 func (a *Maglev) Build(info BuildInfo) Picker {
-	n := len(info.Endpoints)
-	m := a.tableSize(n)
-	if n < 1<<16-1 {
-		p := &maglevPicker[uint16]{table: maglevTable[uint16](info.Endpoints, m), m: m}
-		p.keyless.init(a.Fallback, info)
-		return p
+	members := info.Members
+	if members == nil {
+		members = info.Endpoints
 	}
-	p := &maglevPicker[uint32]{table: maglevTable[uint32](info.Endpoints, m), m: m}
+	n := len(members)
+	m := a.tableSize(n)
+	weights := make([]uint32, n)
+	for i, ep := range members {
+		weights[i] = ep.Weight()
+	}
+	if n < 1<<16-1 {
+		return newMaglevPicker(a, &maglevTab[uint16]{table: maglevTable[uint16](members, m), m: m, members: members, weights: weights}, info)
+	}
+	return newMaglevPicker(a, &maglevTab[uint32]{table: maglevTable[uint32](members, m), m: m, members: members, weights: weights}, info)
+}
+
+// maglevTab is a Maglev table over a set of members, shared by the pickers of
+// successive snapshots while only eligibility changes.
+type maglevTab[T owner] struct {
+	table   []T
+	m       uint64
+	members []*Endpoint
+	weights []uint32 // the members' weights the table was filled for
+}
+
+func newMaglevPicker[T owner](a *Maglev, t *maglevTab[T], info BuildInfo) Picker {
+	p := &maglevPicker[T]{alg: a, maglevTab: t, ok: make([]bool, len(t.members))}
+	k := 0
+	for _, ep := range info.Endpoints {
+		for k < len(t.members) && t.members[k] != ep {
+			k++
+		}
+		if k == len(t.members) { // an eligible endpoint outside Members
+			return a.Build(BuildInfo{Endpoints: info.Endpoints, Now: info.Now, Rand: info.Rand})
+		}
+		p.ok[k] = true
+		k++
+	}
 	p.keyless.init(a.Fallback, info)
 	return p
+}
+
+// Update keeps the table while the members and their weights stay: an
+// ejection or a readmission fills no table.
+func (p *maglevPicker[T]) Update(info BuildInfo) Picker {
+	members := info.Members
+	if members == nil {
+		members = info.Endpoints
+	}
+	if len(members) != len(p.members) {
+		return p.alg.Build(info)
+	}
+	for i, ep := range members {
+		if p.members[i] != ep || p.weights[i] != ep.Weight() {
+			return p.alg.Build(info)
+		}
+	}
+	return newMaglevPicker(p.alg, p.maglevTab, info)
 }
 
 // tableSize returns the table size for n endpoints: TableSize (default
@@ -94,17 +143,27 @@ func (a *Maglev) tableSize(n int) uint64 {
 	return m
 }
 
+// maglevPicker looks a key up in the table; a slot whose member is not
+// eligible passes the key to the next slot's, so an ejected endpoint's keys
+// spread over the others (slots are interleaved) and no other key moves.
 type maglevPicker[T owner] struct {
-	table []T
-	m     uint64
+	alg *Maglev
+	*maglevTab[T]
+	ok []bool // by member index: eligible
 	keyless
 }
 
 func (p *maglevPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 	if !info.HasHash {
-		return p.eps[p.index()], nil
+		return p.keyless.eps[p.index()], nil
 	}
-	return p.eps[p.table[((info.Hash>>32)*p.m)>>32]], nil
+	i := ((info.Hash >> 32) * p.m) >> 32
+	for !p.ok[p.table[i]] {
+		if i++; i == p.m {
+			i = 0
+		}
+	}
+	return p.members[p.table[i]], nil
 }
 
 // maglevTable fills a table of m slots (m prime, ≥ len(eps)) with endpoint
