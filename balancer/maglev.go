@@ -17,6 +17,14 @@ func init() { Register("maglev", func() Algorithm { return &Maglev{} }) }
 // another ketama client or keys must move as little as possible, or
 // bounded_load when a hot key must not overload one endpoint.
 //
+// Ejection: the table is filled over the set's members, eligible or not,
+// and kept while only eligibility changes: a key whose slot belongs to an
+// ejected (unhealthy, breaker-open, paused...) endpoint goes to the next
+// slot's owner, so an ejection or a readmission moves that endpoint's keys
+// and no other (1/N; slots are interleaved, so they spread over many
+// endpoints) and costs no refill (0.18 ms at 10,000 endpoints, 1.0 ms with a
+// refill).
+//
 // Disruption: removing one of N endpoints moves its own 1/N of keys and, as
 // the table refills, some of the others' too. Measured (endpoint N/2 of N
 // removed; TestMaglevDisruptionFigures), keys moved against the ideal 1/N:
@@ -38,8 +46,8 @@ func init() { Register("maglev", func() Algorithm { return &Maglev{} }) }
 // slot) and rebuild time (a million slots take about 60 ms to build).
 //
 // Entries are 16-bit endpoint indexes below 65,535 endpoints (2 bytes a
-// slot), 32-bit above. The table is built off the pick path whenever the
-// endpoint set changes; weights scale an endpoint's share of slots.
+// slot), 32-bit above. The table is built off the pick path whenever a
+// member joins or leaves; weights scale an endpoint's share of slots.
 //
 // JSON name "maglev"; options in JSON: {"tableSize": 65537, "fallback": "random"}.
 type Maglev struct {
