@@ -31,6 +31,10 @@ func init() { Register("bounded_load", func() Algorithm { return &BoundedLoad{} 
 // of the ring, as before, would follow the ring's uneven arcs: the busiest of
 // 100 endpoints got 1.24× the mean).
 //
+// The ring is kept across eligibility changes and updated for joins and
+// leaves, as ring_hash's is: the walk skips ineligible endpoints, and the
+// caps are the eligible endpoints' shares, recomputed (O(n)) per snapshot.
+//
 // An endpoint's recent failures count against its cap as requests in flight
 // (its failure weight, see FailureWeight): an endpoint that fails fast takes
 // fewer requests, and a key whose endpoint keeps failing spills to the next

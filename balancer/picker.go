@@ -79,9 +79,10 @@ type BuildInfo struct {
 // The engine calls Update on the picker in force (instead of Build) when it
 // rebuilds with the same algorithm configuration and no grouping; a new
 // configuration builds afresh. Update must not modify the receiver, which picks
-// keep using until the new picker is published, and must pick exactly as
-// Build(info) would, up to what Build leaves to chance (the random draws,
-// the round robin's starting turn).
+// keep using until the new picker is published. The new picker must pick
+// from info.Endpoints only, and as Build(info) would up to what the algorithm
+// documents (ring_hash's ring after joins, say, keeps the points of the
+// endpoints that stayed where a fresh build would re-split them).
 type Updater interface {
 	Picker
 	Update(info BuildInfo) Picker
