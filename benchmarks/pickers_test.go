@@ -491,3 +491,31 @@ func (noMetrics) RecordInt64UpDownCount(*estats.Int64UpDownCountHandle, int64, .
 func (noMetrics) RegisterAsyncReporter(estats.AsyncMetricReporter, ...estats.AsyncMetric) func() {
 	return func() {}
 }
+
+// BenchmarkStateMemory reports the heap an engine holds at 10,000 endpoints
+// with each algorithm (endpoints, snapshot and picker state), measured as the
+// live heap after a GC with the engine minus before it. One op builds one
+// engine; run it with -benchtime=1x.
+func BenchmarkStateMemory(b *testing.B) {
+	const n = 10000
+	for _, c := range lodestarCases {
+		if c.name == "weighted_round_robin_equal" || c.name == "peak_ewma_done_reads_clock" {
+			continue
+		}
+		b.Run(fmt.Sprintf("%s/n=%d", c.name, n), func(b *testing.B) {
+			var ms runtime.MemStats
+			var total uint64
+			for range b.N {
+				runtime.GC()
+				runtime.ReadMemStats(&ms)
+				before := ms.HeapAlloc
+				eng := newPickEngine(b, c.alg(), n, c.weighted)
+				runtime.GC()
+				runtime.ReadMemStats(&ms)
+				total += ms.HeapAlloc - before
+				runtime.KeepAlive(eng)
+			}
+			b.ReportMetric(float64(total)/float64(b.N)/(1<<20), "MiB")
+		})
+	}
+}
