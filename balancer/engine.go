@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -108,6 +109,7 @@ type Engine struct {
 	// many goroutines costs one rebuild per wave, not one per change.
 	dirty, built, rebuilds uint64
 	rebuildMu              sync.Mutex
+	flipping               atomic.Int32 // SetCondition calls waiting for mu to make their change
 
 	ev events // the subscribers and the queue of events to deliver
 
@@ -901,7 +903,9 @@ func (e *Engine) SetCondition(addr string, c Condition, on bool) bool {
 func (e *Engine) SetConditionWhy(addr string, c Condition, on bool, why string) bool {
 	c &^= removed
 	var gen uint64
+	e.flipping.Add(1)
 	e.mu.Lock()
+	e.flipping.Add(-1)
 	ep, ok := e.endpoints[addr]
 	if ok && !e.closed && e.setConditionLocked(ep, c, on, why) {
 		gen = e.changedLocked()
@@ -933,6 +937,18 @@ func (e *Engine) settle(gen uint64) {
 	}
 	e.rebuildMu.Lock()
 	e.mu.Lock()
+	// Goroutines waiting for the lock to make their own change (SetCondition)
+	// are let in first, a few rounds at most, so this rebuild covers theirs:
+	// otherwise each would take the lock just after this rebuild and need one
+	// of its own.
+	for range 8 {
+		if e.built >= gen || e.flipping.Load() == 0 {
+			break
+		}
+		e.mu.Unlock()
+		runtime.Gosched()
+		e.mu.Lock()
+	}
 	if e.built < gen && !e.closed {
 		e.rebuildLocked()
 	}
