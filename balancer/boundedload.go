@@ -291,3 +291,7 @@ func (p *blPicker[T]) pickKeyless(total float64, clk *weightClock) *Endpoint {
 	p.blKeyless.eps[i].Acquire()
 	return p.blKeyless.eps[i]
 }
+
+// Lagging reports whether the ring carries enough dead points or joined
+// members' points that a full build is due (see Lagging).
+func (p *blPicker[T]) Lagging() bool { return p.lagging() }

@@ -107,6 +107,7 @@ type Engine struct {
 	// built is dirty as of the last rebuild, rebuilds counts rebuilds.
 	// rebuildMu lets one goroutine at a time settle, so a storm of changes from
 	// many goroutines costs one rebuild per wave, not one per change.
+	refreshing             bool // a refresh (a Lagging picker's fresh build) is running
 	dirty, built, rebuilds uint64
 	rebuildMu              sync.Mutex
 	flipping               atomic.Int32 // SetCondition calls waiting for mu to make their change
@@ -1134,6 +1135,11 @@ func (e *Engine) rebuildLocked() {
 		} else if u, ok := e.last.(Updater); ok {
 			s.picker = u.Update(bi)
 			e.last = s.picker
+			if l, ok := s.picker.(Lagging); ok && l.Lagging() && !e.refreshing && !e.closed {
+				e.refreshing = true
+				e.wg.Add(1)
+				go e.refresh(e.alg, bi)
+			}
 		} else {
 			s.picker = e.alg.Build(bi)
 			e.last = s.picker
@@ -1146,6 +1152,25 @@ func (e *Engine) rebuildLocked() {
 		s.err = &NoEndpointsError{Service: e.opts.Service, Reason: reason(all), FeedErr: e.feedErr}
 	}
 	e.publishLocked(s)
+}
+
+// refresh builds alg's picker for bi afresh, off the lock, for a Lagging
+// picker, and makes it the one the next pickers are updated from: it rebuilds
+// at once, so the fresh build (carried to the current set by Update) is
+// published, unless the configuration changed meanwhile.
+func (e *Engine) refresh(alg Algorithm, bi BuildInfo) {
+	defer e.wg.Done()
+	p := alg.Build(bi)
+	e.rebuildMu.Lock()
+	e.mu.Lock()
+	e.refreshing = false
+	if !e.closed && e.alg == alg && e.last != nil {
+		e.last = p
+		e.rebuildLocked()
+	}
+	e.mu.Unlock()
+	e.rebuildMu.Unlock()
+	e.dispatch()
 }
 
 // mergeSorted returns a new slice: the endpoints of old (sorted by address)

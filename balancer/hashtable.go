@@ -26,9 +26,12 @@ import (
 //     rings gives.
 //
 // When the dead points pass a quarter of the main ring or over passes
-// 1/overShare of it, or the index type would overflow, update says so and the
-// algorithm builds afresh over the members (compaction: the ring a new client
-// would build for the same set).
+// 1/overShare of it, the table is lagging: the engine builds afresh over the
+// members off its lock (compaction: the ring a new client would build for the
+// same set; see Lagging) and updates that one to the set in force. Should
+// the debt reach half the ring in dead points or a quarter in over (no engine
+// to refresh it, say), or the index type overflow, update says so and the
+// algorithm builds afresh at once.
 type hashTable[T owner] struct {
 	main *ring[T] // owners index eps
 	over *ring[T] // nil, or the points of members that joined since main was built
@@ -146,13 +149,19 @@ func (t *hashTable[T]) update(members []*Endpoint) (*hashTable[T], bool) {
 		nt.count = append(nt.count, c)
 		nt.overPoints += int(c)
 	}
-	if nt.deadPoints*4 > nt.mainPoints || nt.overPoints*overShare > nt.mainPoints {
-		return nil, false
+	if nt.deadPoints*2 > nt.mainPoints || nt.overPoints*4 > nt.mainPoints {
+		return nil, false // far behind: a full build now (no refresh came)
 	}
 	if len(added) > 0 || goneOver != nil {
 		nt.over = t.mergeOver(nt, added, goneOver)
 	}
 	return nt, true
+}
+
+// lagging reports whether a full build is due (see hashTable): the engine
+// makes one off its lock (Lagging).
+func (t *hashTable[T]) lagging() bool {
+	return t.deadPoints*4 > t.mainPoints || t.overPoints*overShare > t.mainPoints
 }
 
 // mergeOver returns nt's second ring: t's, without the points of gone

@@ -88,6 +88,20 @@ type Updater interface {
 	Update(info BuildInfo) Picker
 }
 
+// A Lagging picker is an Updater whose Update took a shortcut that a full
+// Build would not (ring_hash's dead points and second ring past their share,
+// maglev's members waiting for a table refill): it picks correctly, among
+// info.Endpoints, but costs more or hashes differently than a fresh build
+// until one replaces it. When the picker the engine publishes reports
+// Lagging, the engine calls Algorithm.Build with the same BuildInfo on a
+// goroutine of its own (one at a time, waited for by Close) and carries the
+// result forward with Update, so the costly build never runs on the
+// goroutine that made the change.
+type Lagging interface {
+	Updater
+	Lagging() bool
+}
+
 // TotalCounting is implemented by an algorithm whose pickers need the engine's
 // total in-flight count (BuildInfo.AddTotalInFlight), for example to derive a
 // per-endpoint load cap from the average. The engine keeps that count only for

@@ -139,3 +139,7 @@ func (p *ringPicker[T]) Update(info BuildInfo) Picker {
 	}
 	return newRingPicker(p.alg, t, info)
 }
+
+// Lagging reports whether the ring carries enough dead points or joined
+// members' points that a full build is due (see Lagging).
+func (p *ringPicker[T]) Lagging() bool { return p.lagging() }
