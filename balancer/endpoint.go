@@ -29,7 +29,13 @@ const (
 	Paused
 	// removed: discovery dropped the endpoint; it drains.
 	removed
+	// outside: the endpoint is not a candidate of the client's subset
+	// (Config.Subset, subset.go). Internal: no event, not in Conditions.
+	outside
 )
+
+// internalConds are the conditions Conditions and events leave out.
+const internalConds = removed | outside
 
 // conditionNames names the public conditions, in bit order.
 var conditionNames = []struct {
@@ -39,7 +45,7 @@ var conditionNames = []struct {
 
 // String names the conditions in c, joined by "+", or "eligible" when none holds.
 func (c Condition) String() string {
-	c &^= removed
+	c &^= internalConds
 	if c == 0 {
 		return "eligible"
 	}
@@ -108,7 +114,7 @@ func (ep *Endpoint) Weight() uint32 { return ep.weight.Load() }
 func (ep *Endpoint) InFlight() int64 { return ep.inflight.Load() }
 
 // Conditions returns the conditions that hold on the endpoint.
-func (ep *Endpoint) Conditions() Condition { return Condition(ep.conds.Load()) &^ removed }
+func (ep *Endpoint) Conditions() Condition { return Condition(ep.conds.Load()) &^ internalConds }
 
 // Removed reports whether discovery dropped the endpoint (it is draining).
 func (ep *Endpoint) Removed() bool { return Condition(ep.conds.Load())&removed != 0 }
