@@ -128,6 +128,11 @@ type Config struct {
 	Locality *LocalityConfig `json:"locality,omitempty"`
 	Priority *PriorityConfig `json:"priority,omitempty"`
 	Split    []SplitRule     `json:"split,omitempty"`
+
+	// Subset limits the client to a subset of the endpoints (rendezvous or
+	// deterministic subsetting); see SubsetConfig. nil, the default, uses
+	// every endpoint.
+	Subset *SubsetConfig `json:"subset,omitempty"`
 }
 
 // DefaultPanicThreshold is PanicThreshold's default, in percent (Envoy's).
@@ -202,6 +207,11 @@ func (c Config) Validate() error {
 	if c.Retry != nil {
 		if err := c.Retry.Validate(); err != nil {
 			return fmt.Errorf("lodestar config: retry: %w", err)
+		}
+	}
+	if c.Subset != nil {
+		if _, err := c.Subset.resolve(); err != nil {
+			return fmt.Errorf("lodestar config: %w", err)
 		}
 	}
 	return c.validateGrouping()

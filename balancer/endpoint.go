@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"github.com/cespare/xxhash/v2"
 	"sync/atomic"
 	"time"
 
@@ -29,7 +30,13 @@ const (
 	Paused
 	// removed: discovery dropped the endpoint; it drains.
 	removed
+	// outside: the endpoint is not a candidate of the client's subset
+	// (Config.Subset, subset.go). Internal: no event, not in Conditions.
+	outside
 )
+
+// internalConds are the conditions Conditions and events leave out.
+const internalConds = removed | outside
 
 // conditionNames names the public conditions, in bit order.
 var conditionNames = []struct {
@@ -39,7 +46,7 @@ var conditionNames = []struct {
 
 // String names the conditions in c, joined by "+", or "eligible" when none holds.
 func (c Condition) String() string {
-	c &^= removed
+	c &^= internalConds
 	if c == 0 {
 		return "eligible"
 	}
@@ -80,13 +87,14 @@ type Endpoint struct {
 	gate  atomic.Uint32                   // gateHalfOpen while the breaker is half-open
 	seen  atomic.Uint64                   // outcomes counted at the last HasTraffic call
 
-	mark uint64 // the last Engine.Update that listed it; guarded by the engine's mutex
+	mark     uint64 // the last Engine.Update that listed it; guarded by the engine's mutex
+	addrHash uint64 // xxhash of addr, for subsetting's ranks
 
 	obs *endpointObs // recent latencies, metric attributes (observe.go); set before the endpoint is published
 }
 
 func newEndpoint(info resolver.Endpoint, now time.Time) *Endpoint {
-	ep := &Endpoint{addr: info.Address, epoch: now.UnixNano()}
+	ep := &Endpoint{addr: info.Address, addrHash: xxhash.Sum64String(info.Address), epoch: now.UnixNano()}
 	ep.setInfo(info)
 	ep.since.Store(now.UnixNano())
 	return ep
@@ -110,7 +118,7 @@ func (ep *Endpoint) Weight() uint32 { return ep.weight.Load() }
 func (ep *Endpoint) InFlight() int64 { return ep.inflight.Load() }
 
 // Conditions returns the conditions that hold on the endpoint.
-func (ep *Endpoint) Conditions() Condition { return Condition(ep.conds.Load()) &^ removed }
+func (ep *Endpoint) Conditions() Condition { return Condition(ep.conds.Load()) &^ internalConds }
 
 // Removed reports whether discovery dropped the endpoint (it is draining).
 func (ep *Endpoint) Removed() bool { return Condition(ep.conds.Load())&removed != 0 }

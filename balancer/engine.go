@@ -62,6 +62,12 @@ type Options struct {
 	// MetricsOmitEndpoint leaves the endpoint's address out of metric
 	// attributes, for services with many endpoints.
 	MetricsOmitEndpoint bool
+
+	// OnSubsetChange, if set, is called when the subset's candidates change
+	// (Config.Subset; see Engine.SubsetCandidates): the gRPC policy then hands
+	// endpointsharding the new list. It is called with the engine's lock
+	// held: it must not block nor call the engine.
+	OnSubsetChange func()
 }
 
 // Engine is the load balancer for one service: it holds the endpoint set, keeps
@@ -123,6 +129,8 @@ type Engine struct {
 	wg     sync.WaitGroup
 
 	obs *engineObs // events ring, logs, metrics (observe.go); set by NewEngine
+
+	sub *subsetter // subsetting's ranking and candidates (subset.go); nil when off
 }
 
 // mode is what the configuration means on the request path, replaced whole by
@@ -969,7 +977,7 @@ func (e *Engine) setConditionLocked(ep *Endpoint, c Condition, on bool, why stri
 	if cur == old {
 		return false
 	}
-	e.emit(Event{Kind: ConditionChanged, Address: ep.addr, Old: old &^ removed, New: cur &^ removed, Why: why})
+	e.emit(Event{Kind: ConditionChanged, Address: ep.addr, Old: old &^ internalConds, New: cur &^ internalConds, Why: why})
 	return true
 }
 
@@ -1078,6 +1086,10 @@ func (e *Engine) rebuildLocked() {
 		e.sorted = all // shared by snapshots, never modified
 	}
 	m := e.mode.Load()
+	// Subsetting (subset.go): picks consider only the subset's candidates;
+	// the snapshot's all stays every discovered endpoint.
+	discovered := all
+	all = e.subsetLocked(all, m)
 	eligible := make([]*Endpoint, 0, len(all))
 	connected := 0
 	for _, ep := range all {
@@ -1124,7 +1136,7 @@ func (e *Engine) rebuildLocked() {
 		}
 		e.emit(Event{Kind: kind, Why: why})
 	}
-	s := &snapshot{mode: m, endpoints: eligible, all: all, tolerated: uint32(tolerated), gated: m.gated, trackTotal: m.trackTotal, changed: make(chan struct{})}
+	s := &snapshot{mode: m, endpoints: eligible, all: discovered, tolerated: uint32(tolerated), gated: m.gated, trackTotal: m.trackTotal, changed: make(chan struct{})}
 	if len(eligible) > 0 {
 		bi := BuildInfo{Endpoints: eligible, Members: all, Now: e.opts.Now, Rand: e.opts.Rand}
 		if s.trackTotal {

@@ -303,11 +303,21 @@ func (e *Engine) syncChecker() {
 	}
 	c := e.prot.checker
 	set := make(map[string]string, len(e.endpoints))
-	for addr := range e.endpoints {
+	add := func(addr string) {
 		if f := e.opts.Health.DialAddress; f != nil {
 			set[addr] = f(addr)
 		} else {
 			set[addr] = ""
+		}
+	}
+	if e.sub != nil {
+		// Subsetting: only the candidates are checked (subset.go).
+		for _, ep := range e.sub.list {
+			add(ep.addr)
+		}
+	} else {
+		for addr := range e.endpoints {
+			add(addr)
 		}
 	}
 	e.mu.Unlock()
@@ -315,6 +325,11 @@ func (e *Engine) syncChecker() {
 }
 
 func (e *Engine) healthChanged(key string, healthy bool, why string) {
+	if !healthy {
+		if ep := e.Endpoint(key); ep != nil && !e.InSubset(ep) {
+			return // a check that ended as its endpoint left the subset (subset.go)
+		}
+	}
 	e.SetConditionWhy(key, Unhealthy, !healthy, "health check: "+why)
 }
 

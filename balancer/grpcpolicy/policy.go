@@ -208,6 +208,7 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, bOpts grpcbalancer.BuildOpti
 		byKey:      map[string]*endpointState{},
 		gate:       new(gate),
 		creds:      bOpts.DialCreds,
+		kick:       make(chan struct{}, 1),
 	}
 	if err := grpcresolver.MissingScheme(bOpts.Target); err != nil {
 		// A status error: it ends even wait-for-ready RPCs, as no resolver
@@ -226,6 +227,9 @@ type endpointState struct {
 	picker atomic.Pointer[childPicker]
 	state  connectivity.State // under policy.mu
 	valid  bool               // the engine took the endpoint (see resolver.Endpoint.Validate)
+	// outside: not a subset candidate, so endpointsharding does not have it
+	// (subset.go). Under policy.mu.
+	outside bool
 }
 
 type childPicker struct{ grpcbalancer.Picker }
@@ -276,6 +280,14 @@ type policy struct {
 	// unretried is set once the policy has warned that a call came without
 	// the retry interceptor while the config has a retry section.
 	unretried atomic.Bool
+
+	// Subsetting (subset.go). childMu serializes the calls into child;
+	// resolverState is the last resolver state (health listener enabled),
+	// which endpointsharding gets narrowed to the subset's candidates.
+	childMu                sync.Mutex
+	resolverState          *gresolver.State
+	kick                   chan struct{} // wakes the subset goroutine (capacity 1)
+	subsetStop, subsetDone chan struct{} // the subset goroutine's, nil until it starts
 }
 
 // UpdateClientConnState takes a new resolver state and config: it applies the
@@ -286,6 +298,8 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	if cfg == nil {
 		cfg = &lbConfig{key: "{}"}
 	}
+	p.childMu.Lock() // before mu: see subset.go
+	defer p.childMu.Unlock()
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -316,15 +330,18 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	p.gate.raise(waiting)
 	p.states, p.byKey = states, byKey
 	p.eng.Update(eps)
+	// With subsetting, endpointsharding gets only the candidates (subset.go).
+	full := pickfirst.EnableHealthListener(ccs.ResolverState)
+	p.resolverState = &full
+	rs, _ := p.childStateLocked()
+	waiting = countWaiting(p.states)
 	p.syncEngineLocked()
 	p.gate.waiting.Store(waiting)
 	p.mu.Unlock()
 
 	// endpointsharding reports the children's states synchronously at the end,
 	// which publishes a picker through UpdateState.
-	return p.child.UpdateClientConnState(grpcbalancer.ClientConnState{
-		ResolverState: pickfirst.EnableHealthListener(ccs.ResolverState),
-	})
+	return p.child.UpdateClientConnState(grpcbalancer.ClientConnState{ResolverState: rs})
 }
 
 // configureLocked makes the engine run cfg: the first config builds the
@@ -357,6 +374,8 @@ func (p *policy) configureLocked(cfg *lbConfig) error {
 		Health: balancer.HealthOptions{GRPCCredentials: p.creds},
 		// Not eligible until its child reports READY (syncEngineLocked).
 		InitialConditions: balancer.NotConnected,
+		// Subsetting: endpointsharding gets the new candidates (subset.go).
+		OnSubsetChange: p.subsetKick,
 		// Observability: metrics, debug pages (balancer/debugpage).
 		Door: "grpc", Target: p.target, MeterProvider: p.opts.MeterProvider, MetricsOmitEndpoint: p.opts.MetricsOmitEndpoint,
 	})
@@ -364,6 +383,7 @@ func (p *policy) configureLocked(cfg *lbConfig) error {
 		return err
 	}
 	p.eng, p.cfg, p.cfgKey = eng, cfg.cfg, cfg.key
+	p.startSubsetLocked()
 	p.retryMetrics.start(p.opts.MeterProvider, p.service)
 	if p.opts.OnEngine != nil {
 		p.opts.OnEngine(p.service, eng)
@@ -463,7 +483,7 @@ func bracketable(a string) string {
 func countWaiting(states *gresolver.EndpointMap[*endpointState]) int64 {
 	var n int64
 	for _, st := range states.Values() {
-		if st.valid && (st.state == connectivity.Idle || st.state == connectivity.Connecting) {
+		if st.valid && !st.outside && (st.state == connectivity.Idle || st.state == connectivity.Connecting) {
 			n++
 		}
 	}
@@ -499,8 +519,8 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 	var connErr error
 	for _, c := range children {
 		st, ok := p.states.Get(c.Endpoint)
-		if !ok {
-			continue // a child endpointsharding is about to replace
+		if !ok || st.outside {
+			continue // a child endpointsharding is about to replace or close
 		}
 		st.picker.Store(&childPicker{c.State.Picker})
 		st.state = c.State.ConnectivityState
@@ -524,7 +544,7 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 func (p *policy) publishLocked(connErr error) {
 	var n [connectivity.Shutdown + 1]int
 	for _, st := range p.states.Values() {
-		if st.valid && st.state <= connectivity.Shutdown {
+		if st.valid && !st.outside && st.state <= connectivity.Shutdown {
 			n[st.state]++
 		}
 	}
@@ -577,6 +597,8 @@ func (p *policy) ResolverError(err error) {
 	if eng != nil {
 		eng.ReportError(err)
 	}
+	p.childMu.Lock()
+	defer p.childMu.Unlock()
 	p.child.ResolverError(err)
 }
 
@@ -584,11 +606,18 @@ func (p *policy) ResolverError(err error) {
 func (p *policy) UpdateSubConnState(grpcbalancer.SubConn, grpcbalancer.SubConnState) {}
 
 // ExitIdle asks the children to connect.
-func (p *policy) ExitIdle() { p.child.ExitIdle() }
+func (p *policy) ExitIdle() {
+	p.childMu.Lock()
+	defer p.childMu.Unlock()
+	p.child.ExitIdle()
+}
 
 // Close closes the children and the engine.
 func (p *policy) Close() {
+	p.stopSubset()
+	p.childMu.Lock()
 	p.child.Close()
+	p.childMu.Unlock()
 	p.mu.Lock()
 	p.closed = true
 	eng := p.eng
