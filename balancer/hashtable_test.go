@@ -338,3 +338,47 @@ func TestRingEngineRefreshesLaggingRing(t *testing.T) {
 		}
 	}
 }
+
+// Through the engine, a Maglev member that joins gets keys once the refresh
+// has filled a table for the new set (polled, 10 s deadline): the published
+// picker stops lagging and sends keys where a fresh build does. Seed 20;
+// 20,000 keys, of which the joiner must get some (1/101 of them expected).
+func TestMaglevEngineRefillsOffTheUpdate(t *testing.T) {
+	e, err := NewEngine(Config{Algorithm: &Maglev{}}, Options{Rand: seededRand(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	eps := make([]resolver.Endpoint, 101)
+	for i := range eps {
+		eps[i] = resolver.Endpoint{Address: addr(i)}
+	}
+	e.Update(eps[:100])
+	e.Update(eps)
+	deadline := time.Now().Add(10 * time.Second)
+	for e.snap.Load().picker.(Lagging).Lagging() {
+		if time.Now().After(deadline) {
+			t.Fatal("the table still lags 10 s after the join")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	p := e.snap.Load().picker
+	eligible := e.Eligible()
+	fresh := (&Maglev{}).Build(BuildInfo{Endpoints: eligible, Members: eligible, Now: time.Now, Rand: seededRand(1)})
+	joiner := e.Endpoint(addr(100))
+	rnd := rand.New(rand.NewPCG(20, 20))
+	got := 0
+	for range 20000 {
+		h := rnd.Uint64()
+		a, b := keyedPick(p, h), keyedPick(fresh, h)
+		if a != b {
+			t.Fatalf("key %x: %s, a fresh build says %s", h, a.addr, b.addr)
+		}
+		if a == joiner {
+			got++
+		}
+	}
+	if got == 0 {
+		t.Fatal("the joined member got no keys")
+	}
+}

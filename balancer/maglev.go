@@ -23,7 +23,10 @@ func init() { Register("maglev", func() Algorithm { return &Maglev{} }) }
 // slot's owner, so an ejection or a readmission moves that endpoint's keys
 // and no other (1/N; slots are interleaved, so they spread over many
 // endpoints) and costs no refill (0.18 ms at 10,000 endpoints, 1.0 ms with a
-// refill).
+// refill). A member joining or leaving refills the table off the updating
+// goroutine (the engine's refresh, see Lagging): until it lands, a member that
+// left has its slots passed on like an ejected one's, and one that joined
+// takes keyless requests but no keys.
 //
 // Disruption: removing one of N endpoints moves its own 1/N of keys and, as
 // the table refills, some of the others' too. Measured (endpoint N/2 of N
@@ -46,8 +49,7 @@ func init() { Register("maglev", func() Algorithm { return &Maglev{} }) }
 // slot) and rebuild time (a million slots take about 60 ms to build).
 //
 // Entries are 16-bit endpoint indexes below 65,535 endpoints (2 bytes a
-// slot), 32-bit above. The table is built off the pick path whenever a
-// member joins or leaves; weights scale an endpoint's share of slots.
+// slot), 32-bit above. Weights scale an endpoint's share of slots.
 //
 // JSON name "maglev"; options in JSON: {"tableSize": 65537, "fallback": "random"}.
 type Maglev struct {
@@ -104,38 +106,49 @@ type maglevTab[T owner] struct {
 
 func newMaglevPicker[T owner](a *Maglev, t *maglevTab[T], info BuildInfo) Picker {
 	p := &maglevPicker[T]{alg: a, maglevTab: t, ok: make([]bool, len(t.members))}
-	k := 0
+	k, some := 0, false
 	for _, ep := range info.Endpoints {
-		for k < len(t.members) && t.members[k] != ep {
+		for k < len(t.members) && t.members[k].addr < ep.addr {
 			k++
 		}
-		if k == len(t.members) { // an eligible endpoint outside Members
-			return a.Build(BuildInfo{Endpoints: info.Endpoints, Now: info.Now, Rand: info.Rand})
+		if k < len(t.members) && t.members[k] == ep && t.weights[k] == ep.Weight() {
+			p.ok[k], some = true, true
+			k++
+		} else {
+			p.lag = true // joined since the table was filled: keyless picks only, for now
 		}
-		p.ok[k] = true
-		k++
+	}
+	if !some { // no eligible endpoint has slots: fill a table now
+		return a.Build(BuildInfo{Endpoints: info.Endpoints, Members: info.Members, Now: info.Now, Rand: info.Rand})
 	}
 	p.keyless.init(a.Fallback, info)
 	return p
 }
 
 // Update keeps the table while the members and their weights stay: an
-// ejection or a readmission fills no table.
+// ejection or a readmission fills no table. When members join or leave it
+// keeps the table too, lagging: a member that left has its slots passed on
+// like an ineligible one's, a member that joined takes keyless requests but
+// no keys, until the engine's refresh fills a table for the new set off the
+// updating goroutine (see Lagging).
 func (p *maglevPicker[T]) Update(info BuildInfo) Picker {
 	members := info.Members
 	if members == nil {
 		members = info.Endpoints
 	}
-	if len(members) != len(p.members) {
-		return p.alg.Build(info)
+	same := len(members) == len(p.members)
+	for i := 0; same && i < len(members); i++ {
+		same = p.members[i] == members[i] && p.weights[i] == members[i].Weight()
 	}
-	for i, ep := range members {
-		if p.members[i] != ep || p.weights[i] != ep.Weight() {
-			return p.alg.Build(info)
-		}
+	q := newMaglevPicker(p.alg, p.maglevTab, info)
+	if mp, ok := q.(*maglevPicker[T]); ok && !same {
+		mp.lag = true
 	}
-	return newMaglevPicker(p.alg, p.maglevTab, info)
+	return q
 }
+
+// Lagging reports whether members joined or left since the table was filled.
+func (p *maglevPicker[T]) Lagging() bool { return p.lag }
 
 // tableSize returns the table size for n endpoints: TableSize (default
 // 65,537), or 100 slots an endpoint when n is larger. The size must not
@@ -157,7 +170,8 @@ func (a *Maglev) tableSize(n int) uint64 {
 type maglevPicker[T owner] struct {
 	alg *Maglev
 	*maglevTab[T]
-	ok []bool // by member index: eligible
+	ok  []bool // by member index: eligible
+	lag bool   // the set's members are not the table's (see Update)
 	keyless
 }
 
