@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -113,7 +114,9 @@ type Engine struct {
 	// built is dirty as of the last rebuild, rebuilds counts rebuilds.
 	// rebuildMu lets one goroutine at a time settle, so a storm of changes from
 	// many goroutines costs one rebuild per wave, not one per change.
-	refreshing             bool // a refresh (a Lagging picker's fresh build) is running
+	refreshing             bool          // a refresh (a Lagging picker's fresh build) is running
+	pace                   *rate.Limiter // condition-change rebuilds (see settle)
+	paced                  *time.Timer   // a paced rebuild is due
 	dirty, built, rebuilds uint64
 	rebuildMu              sync.Mutex
 	flipping               atomic.Int32 // SetCondition calls waiting for mu to make their change
@@ -200,6 +203,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		endpoints: map[string]*Endpoint{},
 		draining:  map[string]*Endpoint{},
 		pauses:    map[*Endpoint]*pause{},
+		pace:      rate.NewLimiter(rate.Every(paceEvery), paceBurst),
 	}
 	e.mu.Lock()
 	e.setProtectionLocked(cfg)
@@ -315,6 +319,10 @@ func (e *Engine) Close() error {
 	for ep, p := range e.pauses {
 		p.timer.Stop()
 		delete(e.pauses, ep)
+	}
+	if e.paced != nil {
+		e.paced.Stop() // one that already fired finds the engine closed
+		e.paced = nil
 	}
 	cancel, unsub := e.cancel, e.unsub
 	e.publishLocked(&snapshot{mode: e.mode.Load(), err: ErrClosed, changed: make(chan struct{})})
@@ -901,8 +909,13 @@ func (e *Engine) ReportError(err error) {
 
 // SetCondition sets (on) or clears a condition on the endpoint at addr and
 // rebuilds the picker if the endpoint's eligibility changed. It reports whether
-// the endpoint is known. A pick that starts after SetCondition returns sees the
-// change.
+// the endpoint is known. A pick that starts after SetCondition returns never
+// returns an endpoint it made ineligible. The change is published before
+// SetCondition returns, except in a storm of changes (more than 64 in a
+// burst, then more than one a millisecond): then it is published by the
+// next paced rebuild, at most a millisecond later, which is also when an
+// endpoint it made eligible starts taking picks, and when a pick that met an
+// endpoint it made ineligible goes on (see settle).
 func (e *Engine) SetCondition(addr string, c Condition, on bool) bool {
 	return e.SetConditionWhy(addr, c, on, "")
 }
@@ -932,14 +945,18 @@ func (e *Engine) changedLocked() uint64 {
 	return e.dirty
 }
 
-// settle returns once a snapshot that covers change number gen (from
-// changedLocked) is published: it rebuilds, unless a rebuild that began after
-// the change (another goroutine's settle, an Update) already covered it. Many
+// settle publishes change number gen (from changedLocked): it rebuilds,
+// unless a rebuild that began after the change (another goroutine's settle,
+// an Update) already covered it, or the pace (paceBurst, paceEvery) defers
+// it to a paced rebuild, which covers every change made until it runs. Many
 // goroutines changing conditions at once (an ejection storm, a burst of
-// breaker trips) wait here for one another, and each wave costs one rebuild.
-// A pick that starts after settle returns sees the change; picks in between
-// that chose the endpoint see its condition when they count it and pick again
-// (repick), as they would during any rebuild. gen 0 is no change.
+// breaker trips) wait here for one another, and each wave costs one rebuild;
+// past the burst, a storm costs one rebuild a millisecond however many
+// changes it makes. A pick that meets an endpoint whose condition is set but
+// not yet published sees the condition when it counts the pick and picks
+// again from the next snapshot (repick), so no pick that starts after
+// SetCondition returns gets an endpoint it made ineligible. gen 0 is no
+// change.
 func (e *Engine) settle(gen uint64) {
 	if gen == 0 {
 		return
@@ -959,10 +976,56 @@ func (e *Engine) settle(gen uint64) {
 		e.mu.Lock()
 	}
 	if e.built < gen && !e.closed {
+		switch {
+		case e.paced != nil:
+			// A paced rebuild is due: it will cover this change.
+		case !e.pace.Allow():
+			e.paced = time.AfterFunc(paceEvery, e.pacedRebuild)
+		default:
+			e.rebuildLocked()
+		}
+	}
+	e.mu.Unlock()
+	e.rebuildMu.Unlock()
+}
+
+// Condition changes rebuild at once up to paceBurst in a burst, then at most
+// once every paceEvery (golang.org/x/time/rate), so a storm's rebuilds, and
+// their CPU, are bounded by time, not by the number of changes.
+const (
+	paceBurst = 64
+	paceEvery = time.Millisecond
+)
+
+// pacedRebuild publishes the changes made since the last rebuild, when the
+// pace held them back.
+func (e *Engine) pacedRebuild() {
+	e.rebuildMu.Lock()
+	e.mu.Lock()
+	e.paced = nil
+	if e.built < e.dirty && !e.closed {
 		e.rebuildLocked()
 	}
 	e.mu.Unlock()
 	e.rebuildMu.Unlock()
+	e.dispatch()
+}
+
+// settled returns once every condition change made so far is published (a
+// paced rebuild it waits for, or makes). For tests.
+func (e *Engine) settled() {
+	e.rebuildMu.Lock()
+	e.mu.Lock()
+	if e.paced != nil {
+		e.paced.Stop()
+		e.paced = nil
+	}
+	if e.built < e.dirty && !e.closed {
+		e.rebuildLocked()
+	}
+	e.mu.Unlock()
+	e.rebuildMu.Unlock()
+	e.dispatch()
 }
 
 // setConditionLocked sets or clears c on ep, emits the change, and reports

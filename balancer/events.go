@@ -70,7 +70,20 @@ type events struct {
 	subs        map[*func(Event)]struct{}
 	queue       []Event
 	dispatching bool
+	drained     chan struct{} // closed (and replaced) each time the dispatcher takes the queue
 }
+
+// Back pressure on event delivery: a change that finds another goroutine
+// delivering and more than maxQueued events waiting waits (up to
+// queueWait) until that goroutine takes the queue, so a tight loop of
+// condition changes (whose rebuilds the pace defers) cannot queue events
+// faster than subscribers take them. The wait is bounded because a
+// subscriber may itself change the engine's state, from the delivering
+// goroutine, which then cannot wait for itself.
+const (
+	maxQueued = 1024
+	queueWait = 10 * time.Millisecond
+)
 
 // Subscribe calls fn with every later event of the engine, in order, one at a
 // time, until cancel is called. fn runs on the goroutine that made the change
@@ -108,6 +121,20 @@ func (e *Engine) emit(ev Event) {
 // one delivers them too. Call it without the engine's lock.
 func (e *Engine) dispatch() {
 	e.ev.mu.Lock()
+	if e.ev.dispatching && len(e.ev.queue) > maxQueued {
+		if e.ev.drained == nil {
+			e.ev.drained = make(chan struct{})
+		}
+		drained := e.ev.drained
+		e.ev.mu.Unlock()
+		t := time.NewTimer(queueWait)
+		select {
+		case <-drained:
+		case <-t.C:
+		}
+		t.Stop()
+		return
+	}
 	if e.ev.dispatching || len(e.ev.queue) == 0 {
 		e.ev.mu.Unlock()
 		return
@@ -116,6 +143,10 @@ func (e *Engine) dispatch() {
 	for len(e.ev.queue) > 0 {
 		q := e.ev.queue
 		e.ev.queue = nil
+		if e.ev.drained != nil {
+			close(e.ev.drained)
+			e.ev.drained = nil
+		}
 		subs := make([]func(Event), 0, len(e.ev.subs))
 		for p := range e.ev.subs {
 			subs = append(subs, *p)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lodestar-go/lodestar/balancer/outcome"
 	"github.com/lodestar-go/lodestar/resolver"
@@ -277,10 +278,16 @@ func TestSubsetPicksStayInSubsetUnderChurn(t *testing.T) {
 			out[a] = true
 		}
 		if i%100 == 0 {
+			e.settled() // the churn outruns the pace (see settle)
 			if got := len(e.Eligible()); got != size {
 				t.Errorf("step %d: %d members, want %d", i, got, size)
 			}
 		}
+	}
+	// Let the pickers run against the final state too (the churn can end
+	// before they were scheduled).
+	for deadline := time.Now().Add(10 * time.Second); picks.Load() < 100 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 	stop.Store(true)
 	wg.Wait()
@@ -290,6 +297,7 @@ func TestSubsetPicksStayInSubsetUnderChurn(t *testing.T) {
 	if picks.Load() == 0 {
 		t.Fatal("no pick ran")
 	}
+	e.settled()
 	for _, ep := range e.Endpoints() {
 		if !allowed[ep] && e.InSubset(ep) {
 			t.Fatalf("%s is a candidate", ep.Address())
