@@ -69,9 +69,13 @@ type EndpointStatus struct {
 	// Weight is the endpoint's static weight (at least 1).
 	Weight uint32 `json:"weight"`
 	// State sums the endpoint up: "eligible", "draining" (removed by
-	// discovery, requests still in flight), or its conditions joined by "+"
-	// ("ejected", "not connected+unhealthy", ...), as Condition.String.
+	// discovery, requests still in flight), "outside the subset" (see
+	// Config.Subset), or its conditions joined by "+" ("ejected",
+	// "not connected+unhealthy", ...), as Condition.String.
 	State string `json:"state"`
+	// OutsideSubset says subsetting leaves the endpoint out: the front door
+	// keeps no connection to it and picks never choose it.
+	OutsideSubset bool `json:"outsideSubset,omitempty"`
 	// Conditions lists the conditions that keep the endpoint out of picks,
 	// each with why and, for an ejection or a pause, until when.
 	Conditions []ConditionStatus `json:"conditions"`
@@ -249,6 +253,8 @@ func (e *Engine) endpointStatus(ep *Endpoint, now time.Time, ramp SlowStart, pau
 	}
 	if ep.Removed() {
 		es.State = "draining"
+	} else if Condition(ep.conds.Load())&outside != 0 {
+		es.State, es.OutsideSubset = "outside the subset", true
 	}
 	var why [6]string
 	if e.obs != nil {

@@ -516,3 +516,23 @@ func testRerank(t *testing.T, sc SubsetConfig) {
 		t.Errorf("%d of 299 membership changes took the incremental path, want ≥ 200", incremental)
 	}
 }
+
+// The status (and so the debug page) tells the endpoints outside the subset
+// from the members: 30 endpoints, subset 5.
+func TestSubsetStatus(t *testing.T) {
+	e := subsetEngine(t, SubsetConfig{Size: 5, ClientID: "status"}, 30, Options{})
+	out, in := 0, 0
+	for _, es := range e.Status().Endpoints {
+		if es.OutsideSubset {
+			out++
+			if es.State != "outside the subset" {
+				t.Errorf("%s: state %q", es.Address, es.State)
+			}
+		} else {
+			in++
+		}
+	}
+	if in != 5 || out != 25 {
+		t.Fatalf("status: %d in the subset, %d outside; want 5 and 25", in, out)
+	}
+}
