@@ -16,29 +16,6 @@ import (
 	"github.com/lodestar-go/lodestar/resolver"
 )
 
-// connServer is a real HTTP server on 127.0.0.1 that counts the connections
-// it accepts.
-type connServer struct {
-	srv   *httptest.Server
-	conns atomic.Int64
-}
-
-func newConnServer(t *testing.T) *connServer {
-	t.Helper()
-	s := &connServer{}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	}))
-	s.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			s.conns.Add(1)
-		}
-	}
-	s.srv.Start()
-	t.Cleanup(s.srv.Close)
-	return s
-}
-
 // expectedSubset computes a client's subset with an engine of its own.
 func expectedSubset(t *testing.T, sc balancer.SubsetConfig, eps []resolver.Endpoint) []string {
 	t.Helper()
@@ -59,11 +36,11 @@ func expectedSubset(t *testing.T, sc balancer.SubsetConfig, eps []resolver.Endpo
 // transports with different client ids, subset 4.
 func TestSubsetHTTPConnectsOnlyToSubset(t *testing.T) {
 	const servers, size = 12, 4
-	srvs := make([]*connServer, servers)
+	srvs := make([]*probeServer, servers)
 	eps := make([]resolver.Endpoint, servers)
-	byAddr := map[string]*connServer{}
+	byAddr := map[string]*probeServer{}
 	for i := range srvs {
-		srvs[i] = newConnServer(t)
+		srvs[i] = newProbeServer(t)
 		eps[i] = resolver.Endpoint{Address: srvs[i].srv.Listener.Addr().String()}
 		byAddr[eps[i].Address] = srvs[i]
 	}

@@ -75,10 +75,7 @@ func (a *BoundedLoad) Validate() error {
 // Build returns a bounded-load picker over info.Endpoints, its ring over
 // info.Members (info.Endpoints when Members is not set).
 func (a *BoundedLoad) Build(info BuildInfo) Picker {
-	members := info.Members
-	if members == nil {
-		members = info.Endpoints
-	}
+	members := membersOf(info)
 	per := a.PointsPerEndpoint
 	if per == 0 {
 		per = 100
@@ -141,10 +138,7 @@ type blPicker[T owner] struct {
 // Update keeps the ring for a new eligible set, and updates it for new
 // members (see hashTable): an ejection or a readmission builds no ring.
 func (p *blPicker[T]) Update(info BuildInfo) Picker {
-	members := info.Members
-	if members == nil {
-		members = info.Endpoints
-	}
+	members := membersOf(info)
 	t, ok := p.hashTable.update(members)
 	if !ok {
 		return p.alg.Build(info)

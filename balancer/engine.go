@@ -999,25 +999,19 @@ const (
 
 // pacedRebuild publishes the changes made since the last rebuild, when the
 // pace held them back.
-func (e *Engine) pacedRebuild() {
-	e.rebuildMu.Lock()
-	e.mu.Lock()
-	e.paced = nil
-	if e.built < e.dirty && !e.closed {
-		e.rebuildLocked()
-	}
-	e.mu.Unlock()
-	e.rebuildMu.Unlock()
-	e.dispatch()
-}
+func (e *Engine) pacedRebuild() { e.flush() }
 
-// settled returns once every condition change made so far is published (a
-// paced rebuild it waits for, or makes). For tests.
-func (e *Engine) settled() {
+// settled returns once every condition change made so far is published (the
+// paced rebuild it would wait for, it makes now). For tests.
+func (e *Engine) settled() { e.flush() }
+
+// flush publishes every condition change not yet published, and drops a
+// paced rebuild that is due (this one covers its changes).
+func (e *Engine) flush() {
 	e.rebuildMu.Lock()
 	e.mu.Lock()
 	if e.paced != nil {
-		e.paced.Stop()
+		e.paced.Stop() // when pacedRebuild itself runs, it has fired: no-op
 		e.paced = nil
 	}
 	if e.built < e.dirty && !e.closed {

@@ -276,28 +276,26 @@ func (v *hashView[T]) successor(h uint64) T {
 	var best T
 	var bestD uint64
 	if v.mainOK {
-		r := v.main
-		i := r.find(h)
-		for !v.ok[r.owners[i]] {
-			if i++; i == len(r.hashes) {
-				i = 0
-			}
-		}
-		best, bestD = r.owners[i], r.hashes[i]-h
+		best, bestD = v.first(v.main, h)
 	}
 	if v.overOK {
-		r := v.over
-		i := r.find(h)
-		for !v.ok[r.owners[i]] {
-			if i++; i == len(r.hashes) {
-				i = 0
-			}
-		}
-		if d := r.hashes[i] - h; !v.mainOK || d < bestD {
-			best = r.owners[i]
+		if o, d := v.first(v.over, h); !v.mainOK || d < bestD {
+			best = o
 		}
 	}
 	return best
+}
+
+// first returns the owner of r's first eligible point at or after h and its
+// clockwise distance from h. r has an eligible point.
+func (v *hashView[T]) first(r *ring[T], h uint64) (T, uint64) {
+	i := r.find(h)
+	for !v.ok[r.owners[i]] {
+		if i++; i == len(r.hashes) {
+			i = 0
+		}
+	}
+	return r.owners[i], r.hashes[i] - h
 }
 
 // walk calls try with the index of each eligible point from h on, clockwise
@@ -369,4 +367,13 @@ func (v *hashView[T]) shares(n int) []float64 {
 		prev = p.h
 	}
 	return s
+}
+
+// membersOf returns info.Members, or info.Endpoints when Members is not set
+// (a picker built outside an engine).
+func membersOf(info BuildInfo) []*Endpoint {
+	if info.Members == nil {
+		return info.Endpoints
+	}
+	return info.Members
 }

@@ -79,10 +79,7 @@ func (a *Maglev) Validate() error {
 // Build returns a Maglev picker over info.Endpoints, its table over
 // info.Members (info.Endpoints when Members is not set).
 func (a *Maglev) Build(info BuildInfo) Picker {
-	members := info.Members
-	if members == nil {
-		members = info.Endpoints
-	}
+	members := membersOf(info)
 	n := len(members)
 	m := a.tableSize(n)
 	weights := make([]uint32, n)
@@ -132,10 +129,7 @@ func newMaglevPicker[T owner](a *Maglev, t *maglevTab[T], info BuildInfo) Picker
 // no keys, until the engine's refresh fills a table for the new set off the
 // updating goroutine (see Lagging).
 func (p *maglevPicker[T]) Update(info BuildInfo) Picker {
-	members := info.Members
-	if members == nil {
-		members = info.Endpoints
-	}
+	members := membersOf(info)
 	same := len(members) == len(p.members)
 	for i := 0; same && i < len(members); i++ {
 		same = p.members[i] == members[i] && p.weights[i] == members[i].Weight()

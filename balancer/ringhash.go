@@ -83,10 +83,7 @@ func (a *RingHash) sizes() (minSize, maxSize int) {
 // Build returns a ring hash picker over info.Endpoints, its ring over
 // info.Members (info.Endpoints when Members is not set).
 func (a *RingHash) Build(info BuildInfo) Picker {
-	members := info.Members
-	if members == nil {
-		members = info.Endpoints
-	}
+	members := membersOf(info)
 	if len(members) <= maxOwners[uint16]() {
 		return newRingPicker(a, newHashTable[uint16](members, a.points(members)), info)
 	}
@@ -129,10 +126,7 @@ func (p *ringPicker[T]) Pick(info PickInfo) (*Endpoint, error) {
 // Update keeps the ring for a new eligible set, and updates it for new
 // members (see hashTable): an ejection or a readmission builds no ring.
 func (p *ringPicker[T]) Update(info BuildInfo) Picker {
-	members := info.Members
-	if members == nil {
-		members = info.Endpoints
-	}
+	members := membersOf(info)
 	t, ok := p.hashTable.update(members)
 	if !ok {
 		return p.alg.Build(info)
