@@ -36,14 +36,7 @@ func expectedSubset(t *testing.T, sc balancer.SubsetConfig, eps []resolver.Endpo
 // transports with different client ids, subset 4.
 func TestSubsetHTTPConnectsOnlyToSubset(t *testing.T) {
 	const servers, size = 12, 4
-	srvs := make([]*probeServer, servers)
-	eps := make([]resolver.Endpoint, servers)
-	byAddr := map[string]*probeServer{}
-	for i := range srvs {
-		srvs[i] = newProbeServer(t)
-		eps[i] = resolver.Endpoint{Address: srvs[i].srv.Listener.Addr().String()}
-		byAddr[eps[i].Address] = srvs[i]
-	}
+	srvs, eps, byAddr := probeServers(t, servers)
 	want := map[string]int64{} // connections per server: the subsets holding it
 	for _, id := range []string{"http-a", "http-b", "http-c"} {
 		js := fmt.Sprintf(`{"subset": {"size": %d, "clientId": %q}}`, size, id)
@@ -138,6 +131,21 @@ func newProbeServer(t *testing.T) *probeServer {
 	return s
 }
 
+// probeServers starts n probe servers and returns them, their endpoints and
+// a map from address to server.
+func probeServers(t *testing.T, n int) ([]*probeServer, []resolver.Endpoint, map[string]*probeServer) {
+	t.Helper()
+	srvs := make([]*probeServer, n)
+	eps := make([]resolver.Endpoint, n)
+	byAddr := map[string]*probeServer{}
+	for i := range srvs {
+		srvs[i] = newProbeServer(t)
+		eps[i] = resolver.Endpoint{Address: srvs[i].srv.Listener.Addr().String()}
+		byAddr[eps[i].Address] = srvs[i]
+	}
+	return srvs, eps, byAddr
+}
+
 // Active health checks run only on the subset's candidates: 12 real servers,
 // subset 4, HTTP checks every 20 ms. Until a member fails, the 8 servers
 // outside the subset see no probe and no connection at all. A member whose
@@ -146,14 +154,7 @@ func newProbeServer(t *testing.T) *probeServer {
 // when it answers 200 again. Eventually-true states are polled (10 s).
 func TestSubsetHTTPHealthChecksOnlyCandidates(t *testing.T) {
 	const servers, size = 12, 4
-	srvs := make([]*probeServer, servers)
-	eps := make([]resolver.Endpoint, servers)
-	byAddr := map[string]*probeServer{}
-	for i := range srvs {
-		srvs[i] = newProbeServer(t)
-		eps[i] = resolver.Endpoint{Address: srvs[i].srv.Listener.Addr().String()}
-		byAddr[eps[i].Address] = srvs[i]
-	}
+	_, eps, byAddr := probeServers(t, servers)
 	tr, e := transportJSON(t, eps, fmt.Sprintf(`{"subset": {"size": %d, "clientId": "probe-a"},
 		"healthCheck": {"http": {"path": "/healthz"}, "interval": "20ms", "noTrafficInterval": "20ms", "unhealthyThreshold": 1, "healthyThreshold": 1}}`, size))
 	members := map[string]bool{}
