@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"fmt"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -534,5 +535,54 @@ func TestSubsetStatus(t *testing.T) {
 	}
 	if in != 5 || out != 25 {
 		t.Fatalf("status: %d in the subset, %d outside; want 5 and 25", in, out)
+	}
+}
+
+// With locality on, the subset is taken per zone group: 30 endpoints in the
+// caller's zone and 30 in another, subset 5: 5 candidates in each, and while
+// the local zone is healthy every pick stays in it (seed 21, 2,000 picks).
+// Ejecting a local member brings the next-ranked local endpoint in, not a
+// remote one.
+func TestSubsetPerZoneGroup(t *testing.T) {
+	var eps []resolver.Endpoint
+	for z := range 2 {
+		for i := range 30 {
+			eps = append(eps, resolver.Endpoint{Address: fmt.Sprintf("10.%d.0.%d:80", z, i+1),
+				Locality: resolver.Locality{Region: "r", Zone: fmt.Sprintf("z%d", z)}})
+		}
+	}
+	e := locEngine(t, Config{
+		Locality: &LocalityConfig{Zone: "z0", Region: "r"},
+		Subset:   &SubsetConfig{Size: 5, ClientID: "zoned"},
+	}, 21, nil, eps...)
+	cand, on := e.SubsetCandidates()
+	if !on {
+		t.Fatal("subsetting is off")
+	}
+	perZone := map[string]int{}
+	for _, ep := range cand {
+		perZone[ep.Info().Locality.Zone]++
+	}
+	if perZone["z0"] != 5 || perZone["z1"] != 5 {
+		t.Fatalf("candidates per zone %v, want 5 in each", perZone)
+	}
+	local := func(ep *Endpoint) bool { return ep.Info().Locality.Zone == "z0" }
+	if got := pickShare(t, e, 2000, local); got != 1 {
+		t.Fatalf("%.3f of picks local, want all", got)
+	}
+	var victim *Endpoint
+	for _, ep := range e.Eligible() {
+		if local(ep) {
+			victim = ep
+			break
+		}
+	}
+	e.SetCondition(victim.Address(), Ejected, true)
+	perZone = map[string]int{}
+	for _, ep := range e.Eligible() {
+		perZone[ep.Info().Locality.Zone]++
+	}
+	if perZone["z0"] != 5 || perZone["z1"] != 5 {
+		t.Fatalf("after ejecting a local member, members per zone %v, want 5 in each", perZone)
 	}
 }
