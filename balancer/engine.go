@@ -115,6 +115,7 @@ type Engine struct {
 	// rebuildMu lets one goroutine at a time settle, so a storm of changes from
 	// many goroutines costs one rebuild per wave, not one per change.
 	refreshing             bool          // a refresh (a Lagging picker's fresh build) is running
+	configs                uint64        // Reconfigure calls, so a refresh can tell its configuration is gone
 	pace                   *rate.Limiter // condition-change rebuilds (see settle)
 	paced                  *time.Timer   // a paced rebuild is due
 	dirty, built, rebuilds uint64
@@ -245,6 +246,7 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		return ErrClosed
 	}
 	e.cfg, e.alg, e.last = cfg, cfg.algorithm(), nil
+	e.configs++
 	retired := e.setProtectionLocked(cfg)
 	e.mode.Store(newMode(cfg, e.alg, e.prot))
 	e.rebuildLocked()
@@ -1207,7 +1209,7 @@ func (e *Engine) rebuildLocked() {
 			if l, ok := s.picker.(Lagging); ok && l.Lagging() && !e.refreshing && !e.closed {
 				e.refreshing = true
 				e.wg.Add(1)
-				go e.refresh(e.alg, bi)
+				go e.refresh(e.alg, e.configs, bi)
 			}
 		} else {
 			s.picker = e.alg.Build(bi)
@@ -1227,13 +1229,13 @@ func (e *Engine) rebuildLocked() {
 // picker, and makes it the one the next pickers are updated from: it rebuilds
 // at once, so the fresh build (carried to the current set by Update) is
 // published, unless the configuration changed meanwhile.
-func (e *Engine) refresh(alg Algorithm, bi BuildInfo) {
+func (e *Engine) refresh(alg Algorithm, configs uint64, bi BuildInfo) {
 	defer e.wg.Done()
 	p := alg.Build(bi)
 	e.rebuildMu.Lock()
 	e.mu.Lock()
 	e.refreshing = false
-	if !e.closed && e.alg == alg && e.last != nil {
+	if !e.closed && e.configs == configs && e.last != nil {
 		e.last = p
 		e.rebuildLocked()
 	}
