@@ -8,7 +8,12 @@
 // SetCondition. Each change builds an immutable snapshot of the eligible
 // endpoints and a Picker for them, published through an atomic pointer. A
 // request calls Pick, which takes no lock and allocates nothing, and reports
-// its outcome with Done.
+// its outcome with Done. A picker that implements Updater makes its successor
+// from itself (the hashing algorithms keep their ring or table while only
+// eligibility changes), and a storm of condition changes is paced to one
+// rebuild a millisecond after a burst (see SetCondition). Config.Subset
+// narrows a large set to a subset of it per client (rendezvous or
+// deterministic subsetting).
 //
 // Algorithms are configured structs implementing Algorithm and registered by
 // name with Register: round_robin, weighted_round_robin, random,
