@@ -116,6 +116,7 @@ type Engine struct {
 	// many goroutines costs one rebuild per wave, not one per change.
 	refreshing             bool          // a refresh (a Lagging picker's fresh build) is running
 	configs                uint64        // Reconfigure calls, so a refresh can tell its configuration is gone
+	refreshes              uint64        // refreshes that landed (for tests)
 	pace                   *rate.Limiter // condition-change rebuilds (see settle)
 	paced                  *time.Timer   // a paced rebuild is due
 	dirty, built, rebuilds uint64
@@ -1236,6 +1237,7 @@ func (e *Engine) refresh(alg Algorithm, configs uint64, bi BuildInfo) {
 	e.mu.Lock()
 	e.refreshing = false
 	if !e.closed && e.configs == configs && e.last != nil {
+		e.refreshes++
 		e.last = p
 		e.rebuildLocked()
 	}

@@ -3,6 +3,8 @@ package balancer
 import (
 	"math/rand/v2"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -380,5 +382,89 @@ func TestMaglevEngineRefillsOffTheUpdate(t *testing.T) {
 	}
 	if got == 0 {
 		t.Fatal("the joined member got no keys")
+	}
+}
+
+// Picks run against refreshes: 4 goroutines pick (keyed and keyless) while
+// members join and leave for 600 rounds (seed 22) on ring_hash, bounded_load
+// and maglev with small rings, so the pickers lag and the engine's refresh
+// replaces them again and again. No pick fails, none returns an endpoint
+// whose drain completed, and at least one refresh landed (-race covers the
+// handover between the refresh goroutine, Update and the picks).
+func TestRefreshUnderConcurrentPicks(t *testing.T) {
+	for _, alg := range []Algorithm{&RingHash{PointsPerEndpoint: 16}, &BoundedLoad{PointsPerEndpoint: 16}, &Maglev{TableSize: 5003}} {
+		t.Run(alg.Name(), func(t *testing.T) {
+			var drained sync.Map
+			e, err := NewEngine(Config{Algorithm: alg}, Options{Rand: seededRand(22), Logger: quietLogs,
+				OnDrained: func(ep *Endpoint) { drained.Store(ep, true) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			pool := resolverEndpoints(200, nil)
+			on := make([]bool, len(pool))
+			set := func() []resolver.Endpoint {
+				var eps []resolver.Endpoint
+				for i, ok := range on {
+					if ok {
+						eps = append(eps, pool[i])
+					}
+				}
+				return eps
+			}
+			for i := range 100 {
+				on[i] = true
+			}
+			e.Update(set())
+			var stop atomic.Bool
+			var bad atomic.Pointer[string]
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Go(func() {
+					r := rand.New(rand.NewPCG(22, uint64(g)))
+					for !stop.Load() {
+						ep, err := e.Pick(PickInfo{Hash: r.Uint64(), HasHash: r.IntN(2) == 0})
+						if err != nil {
+							s := err.Error()
+							bad.Store(&s)
+							return
+						}
+						if _, ok := drained.Load(ep); ok {
+							s := "picked " + ep.addr + " after its drain completed"
+							bad.Store(&s)
+						}
+						e.Done(ep, outcome.Outcome{Class: outcome.Success})
+					}
+				})
+			}
+			rnd := rand.New(rand.NewPCG(22, 22))
+			for range 600 {
+				k := rnd.IntN(len(pool))
+				on[k] = !on[k]
+				if eps := set(); len(eps) > 0 {
+					e.Update(eps)
+				}
+			}
+			stop.Store(true)
+			wg.Wait()
+			if p := bad.Load(); p != nil {
+				t.Fatal(*p)
+			}
+			// Let the last refresh land, then the picker must not lag.
+			deadline := time.Now().Add(10 * time.Second)
+			for e.snap.Load().picker.(Lagging).Lagging() {
+				if time.Now().After(deadline) {
+					t.Fatal("still lagging 10 s after the churn")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			e.mu.Lock()
+			n := e.refreshes
+			e.mu.Unlock()
+			t.Logf("%d refreshes landed", n)
+			if n == 0 {
+				t.Fatal("no refresh landed")
+			}
+		})
 	}
 }
