@@ -88,6 +88,18 @@ func (t *hashTable[T]) update(members []*Endpoint) (*hashTable[T], bool) {
 	// Diff t.live against members, both in address order: pointers and weights
 	// must match for a member to stay; an address that comes back as another
 	// endpoint, or with another weight, leaves and joins.
+	if len(members) == len(t.live) {
+		same := true
+		for k, ep := range members { // the common case: only eligibility changed
+			if old := t.live[k]; t.eps[old] != ep || t.weight[old] != ep.Weight() {
+				same = false
+				break
+			}
+		}
+		if same {
+			return t, true
+		}
+	}
 	var gone []T
 	var added []*Endpoint
 	live := make([]T, 0, len(members))

@@ -239,24 +239,9 @@ func BenchmarkPickerOnly(b *testing.B) {
 	}
 }
 
-// BenchmarkRebuild measures a snapshot rebuild (the eligible set and a new
-// picker) at 10,000 endpoints: each op ejects or readmits one endpoint.
-func BenchmarkRebuild(b *testing.B) {
-	const n = 10000
-	for _, c := range lodestarCases {
-		if c.name == "weighted_round_robin_equal" || c.name == "least_request_weighted" {
-			continue
-		}
-		b.Run(fmt.Sprintf("%s/n=%d", c.name, n), func(b *testing.B) {
-			eng := newPickEngine(b, c.alg(), n, c.weighted)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				eng.SetCondition(pickAddr(i%n), lb.Ejected, i&1 == 0)
-			}
-		})
-	}
-}
+// BenchmarkRebuild (a rebuild after one condition change at 10,000
+// endpoints) lives in package balancer, next to the pace it must step past:
+// go test ./balancer/ -run '^$' -bench 'BenchmarkRebuild$'.
 
 // BenchmarkRebuildOnUpdate measures a discovery update at 10,000 endpoints that
 // removes or restores one endpoint (a different one each time): validation,
