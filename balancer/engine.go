@@ -1005,8 +1005,9 @@ const (
 func (e *Engine) pacedRebuild() { e.flush() }
 
 // settled returns once every condition change made so far is published (the
-// paced rebuild it would wait for, it makes now). For tests.
-func (e *Engine) settled() { e.flush() }
+// paced rebuild it would wait for, it makes now) and every event is
+// delivered. For tests.
+func (e *Engine) settled() { e.flush(); e.delivered() }
 
 // flush publishes every condition change not yet published, and drops a
 // paced rebuild that is due (this one covers its changes).

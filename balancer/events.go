@@ -71,6 +71,7 @@ type events struct {
 	queue       []Event
 	dispatching bool
 	drained     chan struct{} // closed (and replaced) each time the dispatcher takes the queue
+	idle        chan struct{} // closed (and cleared) when a dispatcher finishes; see delivered
 }
 
 // Back pressure on event delivery: a change that finds another goroutine
@@ -160,5 +161,35 @@ func (e *Engine) dispatch() {
 		e.ev.mu.Lock()
 	}
 	e.ev.dispatching = false
+	if e.ev.idle != nil {
+		close(e.ev.idle)
+		e.ev.idle = nil
+	}
 	e.ev.mu.Unlock()
+}
+
+// delivered returns once every event emitted so far has been delivered:
+// it delivers them itself, or waits for the goroutine that is delivering
+// them (the paced rebuild's timer, say). Tests use it to read
+// RecentEvents without racing that goroutine. Never call it from a
+// subscriber.
+func (e *Engine) delivered() {
+	for {
+		e.dispatch()
+		e.ev.mu.Lock()
+		if !e.ev.dispatching && len(e.ev.queue) == 0 {
+			e.ev.mu.Unlock()
+			return
+		}
+		if !e.ev.dispatching {
+			e.ev.mu.Unlock()
+			continue
+		}
+		if e.ev.idle == nil {
+			e.ev.idle = make(chan struct{})
+		}
+		idle := e.ev.idle
+		e.ev.mu.Unlock()
+		<-idle
+	}
 }

@@ -266,7 +266,9 @@ func (e *Engine) logEvent(ev Event) {
 
 // RecentEvents returns the engine's last events (at most EventHistory),
 // oldest first: membership, condition and breaker changes, panic, discovery
-// errors.
+// errors. An event another goroutine is still delivering (the paced
+// rebuild's, during a storm of changes) shows up a moment after the change
+// that made it returns.
 func (e *Engine) RecentEvents() []Event {
 	ob := e.obs
 	if ob == nil {
