@@ -76,7 +76,8 @@ type Options struct {
 // back each request's outcome. Both front doors are built on it.
 //
 // Pick and Done are safe for concurrent use, take no lock and allocate nothing
-// (for the built-in algorithms). Membership and condition changes take a mutex
+// (for the built-in algorithms; with metrics on, an endpoint's first outcome
+// of each class builds that class's attribute set, once). Membership and condition changes take a mutex
 // and build a new snapshot off the pick path (copy on write).
 type Engine struct {
 	opts Options

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,7 +90,7 @@ var quiet = slog.New(slog.DiscardHandler)
 
 // With a real SDK meter provider installed, a pick and its Done still
 // allocate nothing: the duration histogram is recorded with the endpoint's
-// precomputed attribute set.
+// attribute set, built on its first outcome of the class and kept.
 func TestDoneRecordsWithoutAllocating(t *testing.T) {
 	mp, r := newSDK(t)
 	for _, omit := range []bool{false, true} {
@@ -114,6 +115,53 @@ func TestDoneRecordsWithoutAllocating(t *testing.T) {
 			t.Errorf("omitEndpoint %v: the duration histogram holds %d samples, want at least 1000", omit, n)
 		}
 		e.Close()
+	}
+}
+
+// An endpoint's attribute sets are built on first use, one class at a time,
+// and kept: an endpoint without traffic holds none, and goroutines racing to
+// build one all get the same.
+func TestEndpointMetricSetsBuiltOnFirstUse(t *testing.T) {
+	mp, _ := newSDK(t)
+	e, err := NewEngine(Config{}, Options{Service: "svc", Door: "test", MeterProvider: mp, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	e.Update(resolverEndpoints(3, nil))
+	built := func(ep *Endpoint) (classes []outcome.Class) {
+		for c := range nClasses {
+			if ep.metrics().sets[c].Load() != nil {
+				classes = append(classes, outcome.Class(c))
+			}
+		}
+		return classes
+	}
+	for i := range 3 {
+		if got := built(e.Endpoint(addr(i))); len(got) != 0 || e.Endpoint(addr(i)).metrics().active.Load() != nil {
+			t.Fatalf("endpoint %d holds sets %v before any traffic", i, got)
+		}
+	}
+	ep := e.Endpoint(addr(1))
+	ep.Acquire()
+	e.Done(ep, outcome.Outcome{Class: outcome.GatewayError, Latency: time.Millisecond})
+	if got := built(ep); len(got) != 1 || got[0] != outcome.GatewayError {
+		t.Fatalf("after one gateway error the endpoint holds sets %v, want only gateway_error's", got)
+	}
+	if got := built(e.Endpoint(addr(0))); len(got) != 0 {
+		t.Fatalf("another endpoint's Done built sets %v on endpoint 0", got)
+	}
+	em := e.Endpoint(addr(2)).metrics()
+	var wg sync.WaitGroup
+	got := make([]*classSets, 8)
+	for i := range got {
+		wg.Go(func() { got[i] = em.of(outcome.Timeout) })
+	}
+	wg.Wait()
+	for i, cs := range got {
+		if cs != got[0] || cs != em.sets[outcome.Timeout].Load() {
+			t.Fatalf("goroutine %d got set %p, goroutine 0 %p, kept %p", i, cs, got[0], em.sets[outcome.Timeout].Load())
+		}
 	}
 }
 

@@ -79,7 +79,7 @@ func (ob *endpointObs) record(o outcome.Outcome) {
 		ob.recent.add(o.Latency)
 	}
 	if m := ob.metrics; m != nil {
-		m.duration.Record(context.Background(), o.Latency.Seconds(), m.record[o.Class]...)
+		m.duration.Record(context.Background(), o.Latency.Seconds(), m.of(o.Class).record...)
 	}
 }
 
