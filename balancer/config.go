@@ -163,6 +163,11 @@ func (c *Config) UnmarshalJSON(js []byte) error {
 	if err := decodeStrict(js, (*configFields)(&nc)); err != nil {
 		return fmt.Errorf("lodestar config: %w", err)
 	}
+	for i := range nc.Split {
+		if len(nc.Split[i].Match) == 0 {
+			nc.Split[i].Match = nil // "match": {} is the same rule as no match
+		}
+	}
 	*c = nc
 	return nil
 }

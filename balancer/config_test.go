@@ -729,6 +729,12 @@ func FuzzParseConfig(f *testing.F) {
 		`{"healthCheck": {"tcp": {}, "grpc": {"service": "x"}}}`,
 		`{"outlierDetection": {"successRate": {}, "latency": {"factor": 2}, "maxEjectionPercent": 0}, "circuitBreaker": {"failureRatio": 0}}`,
 		`{"outlierDetection": {"failurePercentage": {"threshold": 0}}, "circuitBreaker": {"consecutiveFailures": 0, "failureRatio": 0}}`,
+		`{"subset": {"size": 20, "mode": "rendezvous", "clientId": "web-7f9c"}}`,
+		`{"subset": {"size": 3, "mode": "deterministic", "clientIndex": 3, "clientCount": 60}}`,
+		`{"subset": {"size": 0, "mode": "deterministic", "clientIndex": -1}}`,
+		`{"locality": {"zone": "a", "region": "r", "minLocalEndpoints": 2}, "priority": {"overprovisioningFactor": 1.4}}`,
+		`{"split": [{"name": "canary", "match": {"track": "canary"}, "weight": 50000}, {"match": {}, "weight": 950000}]}`,
+		`{"retry": {"maxAttempts": 3, "perTryTimeout": "500ms", "retryOn": ["connect_error"], "budget": {"ratio": 0.2}, "hedge": {"delay": "p95", "maxExtra": 1}}}`,
 	} {
 		f.Add([]byte(s))
 	}
