@@ -468,3 +468,53 @@ func TestRefreshUnderConcurrentPicks(t *testing.T) {
 		})
 	}
 }
+
+// Through the gRPC door endpoints start NotConnected and connect one by one.
+// The ring spans every member and skips the unready on the walk, so once a
+// key's own endpoint is ready the key stays on it however the others connect,
+// and when all are connected every key is where a channel that started with
+// all of them connected sends it. (Before, the ring spanned only the ready
+// endpoints, and keys moved as each one connected.)
+func TestHashingKeysStayAsEndpointsConnect(t *testing.T) {
+	const n, keys = 12, 2000
+	for _, alg := range []Algorithm{&RingHash{}, &Maglev{}, &BoundedLoad{}} {
+		t.Run(alg.Name(), func(t *testing.T) {
+			eps := resolverEndpoints(n, nil)
+			ref := newTestEngine(t, alg, newFakeClock(), 1, eps)
+			e, err := NewEngine(Config{Algorithm: alg}, Options{Now: newFakeClock().Now, Rand: seededRand(1), InitialConditions: NotConnected})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			e.Update(eps)
+			pick := func(e *Engine, k int) string {
+				ep, err := e.Pick(PickInfo{Hash: uint64(k) * 0x9e3779b97f4a7c15, HasHash: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				e.Done(ep, outcome.Outcome{Class: outcome.Success})
+				return ep.Address()
+			}
+			owner := make([]string, keys)
+			for k := range owner {
+				owner[k] = pick(ref, k)
+			}
+			rng := rand.New(rand.NewPCG(12, 0)) // the order endpoints connect in
+			ready := map[string]bool{}
+			for _, i := range rng.Perm(n) {
+				e.SetCondition(eps[i].Address, NotConnected, false)
+				e.settled()
+				ready[eps[i].Address] = true
+				for k := range owner {
+					got := pick(e, k)
+					if !ready[got] {
+						t.Fatalf("key %d went to %s, which is not connected", k, got)
+					}
+					if ready[owner[k]] && got != owner[k] {
+						t.Fatalf("%d of %d connected: key %d went to %s, its endpoint %s is ready", len(ready), n, k, got, owner[k])
+					}
+				}
+			}
+		})
+	}
+}
