@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -172,7 +173,10 @@ func TestMetricsGRPCDoorRetries(t *testing.T) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
 	defer mp.Shutdown(context.Background())
 	const name = "lodestar_metrics_retry_test"
-	grpcbalancer.Register(grpcpolicy.NewBuilder(grpcpolicy.Options{Name: name, MeterProvider: mp}))
+	var engMu sync.Mutex
+	var eng *balancer.Engine
+	grpcbalancer.Register(grpcpolicy.NewBuilder(grpcpolicy.Options{Name: name, MeterProvider: mp,
+		OnEngine: func(_ string, e *balancer.Engine) { engMu.Lock(); eng = e; engMu.Unlock() }}))
 
 	var addrs [3]string
 	var bad *failingServer
@@ -193,6 +197,14 @@ func TestMetricsGRPCDoorRetries(t *testing.T) {
 		"consecutiveGatewayFailures": 3, "baseEjectionTime": "10m", "maxEjectionPercent": 50},
 		"retry": {"maxAttempts": 2, "backoff": {"base": "1ms", "max": "2ms"}}}`), retries.DialOptions()...)
 	client := testgrpc.NewTestServiceClient(cc)
+	// All three connected first: with the failing server the only one
+	// ready, a retry has nowhere else to go (seen on a loaded machine).
+	cc.Connect()
+	eventually(t, "3 eligible endpoints", 10*time.Second, func() bool {
+		engMu.Lock()
+		defer engMu.Unlock()
+		return eng != nil && len(eng.Eligible()) == 3
+	})
 	for i := range 60 {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := client.EmptyCall(ctx, &testgrpc.Empty{}, grpc.WaitForReady(true))
