@@ -252,6 +252,11 @@ type classSets struct {
 	// as it is, where a fresh variadic argument to an interface method
 	// would be allocated on each call.
 	record []metric.RecordOption
+	rec    [1]metric.RecordOption // record's array
+	// The sets are made during traffic, when the small objects next to
+	// them may be written on every pick (a picker's counter): the pad
+	// keeps what every Done reads off their cache lines.
+	_ [64]byte
 }
 
 func (m *engineMetrics) forEndpoint(service, addr string) *endpointMetrics {
@@ -264,6 +269,11 @@ func (em *endpointMetrics) of(c outcome.Class) *classSets {
 	if cs := em.sets[c].Load(); cs != nil {
 		return cs
 	}
+	return em.build(c)
+}
+
+// build makes em's options for class c, on their first use.
+func (em *endpointMetrics) build(c outcome.Class) *classSets {
 	m := em.m
 	cs := &classSets{}
 	// The histogram's attributes leave the door out: the SDK pays for every
@@ -278,7 +288,8 @@ func (em *endpointMetrics) of(c outcome.Class) *classSets {
 		kvs = append(kvs, ea...)
 	}
 	kvs = append(kvs, attribute.String(AttrOutcome, c.String()))
-	cs.record = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kvs...))}
+	cs.rec[0] = metric.WithAttributeSet(attribute.NewSet(kvs...))
+	cs.record = cs.rec[:]
 	if !em.sets[c].CompareAndSwap(nil, cs) {
 		return em.sets[c].Load()
 	}
