@@ -274,3 +274,34 @@ func TestEngineKeys(t *testing.T) {
 		t.Errorf("with both taken: %q", k)
 	}
 }
+
+// A fail-fast RPC on a fresh channel waits while its endpoint connects, and
+// does not fail when the endpoint becomes READY between the pick's read of
+// the engine (nothing eligible) and its read of the gate (the policy has
+// readmitted the endpoint and lowered the gate to 0 meanwhile). That window
+// failed 1 in ~1,000 fresh channels on a loaded machine
+// (TestPortlessAddresses in CI); the hook holds it open.
+func TestPickReadsTheEngineAgainWhenTheGateDrops(t *testing.T) {
+	p, cc, _ := newTestPolicy(t)
+	if err := update(t, p, `{}`, endpoint("10.0.0.1:80")); err != nil {
+		t.Fatal(err)
+	}
+	sc := cc.subConn(t, "10.0.0.1:80")
+	old := cc.current().Picker
+	if _, err := pick(old); !errors.Is(err, grpcbalancer.ErrNoSubConnAvailable) {
+		t.Fatalf("pick while connecting: %v, want to wait (ErrNoSubConnAvailable)", err)
+	}
+	var once sync.Once
+	testHookNoEndpoint = func() { once.Do(sc.ready) }
+	t.Cleanup(func() { testHookNoEndpoint = nil })
+	res, err := pick(old)
+	if err != nil {
+		t.Fatalf("pick as the endpoint became READY: %v, want the endpoint", err)
+	}
+	if res.SubConn != sc {
+		t.Fatalf("picked %v, want the endpoint's SubConn", res.SubConn)
+	}
+	if res.Done != nil {
+		res.Done(grpcbalancer.DoneInfo{})
+	}
+}
