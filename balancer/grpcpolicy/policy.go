@@ -339,9 +339,7 @@ func (p *policy) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	full := pickfirst.EnableHealthListener(ccs.ResolverState)
 	p.resolverState = &full
 	rs, _ := p.childStateLocked()
-	waiting = countWaiting(p.states)
 	p.syncEngineLocked()
-	p.gate.waiting.Store(waiting)
 	p.mu.Unlock()
 
 	// endpointsharding reports the children's states synchronously at the end,
@@ -497,8 +495,12 @@ func countWaiting(states *gresolver.EndpointMap[*endpointState]) int64 {
 
 // syncEngineLocked attaches each engine endpoint's record and sets its
 // NotConnected condition from its child's connectivity (NotConnected until the
-// child reports READY).
+// child reports READY), inside the gate's bracket: the count of records on
+// their way to READY is raised before the engine changes and stored after.
 func (p *policy) syncEngineLocked() {
+	waiting := countWaiting(p.states)
+	p.gate.raise(waiting)
+	defer p.gate.waiting.Store(waiting)
 	for _, ep := range p.eng.Endpoints() {
 		st := p.byKey[ep.Address()]
 		if st == nil {
@@ -536,10 +538,7 @@ func (p *policy) UpdateState(state grpcbalancer.State) {
 			}
 		}
 	}
-	waiting := countWaiting(p.states)
-	p.gate.raise(waiting)
 	p.syncEngineLocked()
-	p.gate.waiting.Store(waiting)
 	p.publishLocked(connErr)
 }
 

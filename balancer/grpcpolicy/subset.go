@@ -61,10 +61,7 @@ func (p *policy) subsetLoop(stop, done chan struct{}) {
 		if changed {
 			// Endpoints that left get no child: NotConnected now; the
 			// gate and the channel state stop counting them.
-			waiting := countWaiting(p.states)
-			p.gate.raise(waiting)
 			p.syncEngineLocked()
-			p.gate.waiting.Store(waiting)
 		}
 		p.mu.Unlock()
 		if changed {
