@@ -285,6 +285,9 @@ type policy struct {
 	// unretried is set once the policy has warned that a call came without
 	// the retry interceptor while the config has a retry section.
 	unretried atomic.Bool
+	// testHookNoEndpoint, when a test sets it (before its picks), runs in
+	// Pick between the engine's answer of no endpoint and the read of the gate.
+	testHookNoEndpoint func()
 
 	// Subsetting (subset.go). childMu serializes the calls into child;
 	// resolverState is the last resolver state (health listener enabled),
@@ -659,8 +662,8 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 	}
 	ep, err := pk.pickEngine(pi, as)
 	if err != nil && errors.Is(err, balancer.ErrNoEndpoints) && pk.gate != nil {
-		if testHookNoEndpoint != nil {
-			testHookNoEndpoint()
+		if pk.policy != nil && pk.policy.testHookNoEndpoint != nil {
+			pk.policy.testHookNoEndpoint()
 		}
 		// Read the gate once, after the engine. While an endpoint is on its
 		// way, the RPC waits. At 0, a child may have become READY since the
@@ -704,10 +707,6 @@ func (pk *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, err
 	res.Done = c.done
 	return res, nil
 }
-
-// testHookNoEndpoint, when set (by tests, before any pick), runs in Pick
-// between the engine's answer of no endpoint and the read of the gate.
-var testHookNoEndpoint func()
 
 // pickEngine picks with the engine, avoiding the endpoints the call tried
 // when it carries a record.

@@ -292,8 +292,7 @@ func TestPickReadsTheEngineAgainWhenTheGateDrops(t *testing.T) {
 		t.Fatalf("pick while connecting: %v, want to wait (ErrNoSubConnAvailable)", err)
 	}
 	var once sync.Once
-	testHookNoEndpoint = func() { once.Do(sc.ready) }
-	t.Cleanup(func() { testHookNoEndpoint = nil })
+	p.testHookNoEndpoint = func() { once.Do(sc.ready) }
 	res, err := pick(old)
 	if err != nil {
 		t.Fatalf("pick as the endpoint became READY: %v, want the endpoint", err)
